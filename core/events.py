@@ -1,0 +1,240 @@
+"""Per-task event streams: many local readers over one Redis pub/sub connection, resumable by id.
+
+Workers append events to a task's Redis Stream and publish "<id> <payload>" on a channel of
+the same name in one script (core.store). A process that waits on tasks holds one `EventHub`:
+a single pub/sub connection whose messages are fanned out to local subscriptions. A reader
+subscribes first, then reads what the stream already holds, then takes live messages,
+dropping ids it has seen: no gap, no duplicate, and no Redis connection per reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+log = structlog.get_logger("taskwire.events")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    data: dict[str, Any]
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return stream_id_order(self.id)
+
+
+def stream_id_order(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _Resync:
+    """Live messages may have been missed (reconnect or a full queue): re-read from storage."""
+
+    def __repr__(self) -> str:
+        return "RESYNC"
+
+
+RESYNC: Final = _Resync()
+
+
+@dataclass(eq=False)
+class Subscription:
+    channel: bytes
+    hub: EventHub
+    queue: asyncio.Queue[Event | _Resync] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=1024)
+    )
+    lagged: bool = False
+
+    async def ready(self) -> None:
+        """Return once Redis has confirmed the subscription, so nothing published is missed."""
+        await self.hub._channels[self.channel].live.wait()
+
+    async def get(self) -> Event | _Resync:
+        """The next live event, or RESYNC when some may have been missed."""
+        if self.lagged:
+            # Whatever is queued will be re-read from storage in order.
+            self.lagged = False
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            return RESYNC
+        return await self.queue.get()
+
+    def request_resync(self) -> None:
+        """Make the next get() return RESYNC (to read what was stored before subscribing)."""
+        self.lagged = True
+
+    def _deliver(self, item: Event | _Resync) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.lagged = True
+
+
+@dataclass(eq=False)
+class _Channel:
+    subscribers: set[Subscription] = field(default_factory=set)
+    # SUBSCRIBE/UNSUBSCRIBE commands sent and not yet confirmed, and what was asked last:
+    # Redis answers them in order on one connection, so the channel is live exactly when
+    # nothing is pending and the last command was SUBSCRIBE.
+    pending: int = 0
+    want: bool = False
+    live: asyncio.Event = field(default_factory=asyncio.Event)
+    idle_since: float | None = None
+
+
+class EventHub:
+    """Fan-out of Redis pub/sub messages to local subscriptions over one connection."""
+
+    def __init__(self, redis: Redis, *, unsubscribe_after_s: float = 2.0):
+        self._redis = redis
+        self._channels: dict[bytes, _Channel] = {}
+        self._pubsub: PubSub | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._unsubscribe_after_s = unsubscribe_after_s
+        # A channel of our own keeps the connection in subscribed mode when nothing else is.
+        self._control = f"taskwire:hub:{uuid.uuid4().hex}".encode()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+        self._sweeper = asyncio.create_task(self._sweep(), name="event-hub-sweeper")
+
+    async def close(self) -> None:
+        for task in (self._task, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(channel.subscribers) for channel in self._channels.values())
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        name = channel.encode()
+        sub = Subscription(name, self)
+        state = self._channels.setdefault(name, _Channel())
+        state.subscribers.add(sub)
+        state.idle_since = None
+        if not state.want:
+            await self._send(name, state, subscribe=True)
+        try:
+            yield sub
+        finally:
+            state.subscribers.discard(sub)
+            if not state.subscribers:
+                state.idle_since = asyncio.get_running_loop().time()
+
+    async def _send(self, name: bytes, state: _Channel, *, subscribe: bool) -> None:
+        state.want = subscribe
+        state.live.clear()
+        pubsub = self._pubsub
+        if pubsub is None or not self._connected.is_set():
+            return  # the connection loop subscribes everything wanted when it (re)connects
+        state.pending += 1
+        try:
+            if subscribe:
+                await pubsub.subscribe(name)
+            else:
+                await pubsub.unsubscribe(name)
+        except (RedisError, OSError):
+            state.pending -= 1  # the reader notices the broken connection and reconnects
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self._connect_and_read()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._connected.clear()
+                log.warning("events.hub_disconnected", error=type(exc).__name__)
+                for state in self._channels.values():
+                    state.live.clear()
+                    state.pending = 0
+                    for sub in state.subscribers:
+                        sub._deliver(RESYNC)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                backoff = 0.05
+
+    async def _connect_and_read(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+        pubsub = self._redis.pubsub()
+        self._pubsub = pubsub
+        for name, state in list(self._channels.items()):
+            if not state.want and not state.subscribers:
+                del self._channels[name]
+        # From here on subscribe() sends its own SUBSCRIBE; channels wanted before are sent now.
+        self._connected.set()
+        wanted = [name for name, state in self._channels.items() if state.want]
+        for name in wanted:
+            self._channels[name].pending += 1
+        await pubsub.subscribe(self._control, *wanted)
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            kind = message["type"]
+            name = message["channel"]
+            if kind == "message":
+                self._dispatch(name, message["data"])
+            elif kind in ("subscribe", "unsubscribe"):
+                state = self._channels.get(name)
+                if state is None:
+                    continue
+                state.pending = max(state.pending - 1, 0)
+                if state.pending == 0 and state.want:
+                    state.live.set()
+                elif state.pending == 0 and not state.subscribers and not state.want:
+                    del self._channels[name]
+
+    def _dispatch(self, name: bytes, data: bytes) -> None:
+        state = self._channels.get(name)
+        if state is None or not state.subscribers:
+            return
+        event_id, _, payload = data.partition(b" ")
+        event = Event(event_id.decode(), json.loads(payload))
+        for sub in state.subscribers:
+            sub._deliver(event)
+
+    async def _sweep(self) -> None:
+        """Unsubscribe channels nobody has listened to for a while (in one place, lazily, so a
+        reader that comes back quickly finds its channel still live)."""
+        while True:
+            await asyncio.sleep(self._unsubscribe_after_s / 2)
+            now = asyncio.get_running_loop().time()
+            for name, state in list(self._channels.items()):
+                idle = state.idle_since
+                if (
+                    state.want
+                    and not state.subscribers
+                    and idle is not None
+                    and now - idle >= self._unsubscribe_after_s
+                ):
+                    await self._send(name, state, subscribe=False)
+                    if self._pubsub is None or not self._connected.is_set():
+                        del self._channels[name]

@@ -1,0 +1,356 @@
+"""Wire models of the client-facing task protocol (docs/protocol.md) and their error mapping."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from core.errors import InvalidRequest
+
+MAX_SEED = 2**63 - 1
+_UUID_V4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def _check_task_uuid(value: str) -> str:
+    if not _UUID_V4.fullmatch(value):
+        raise ValueError(
+            "must be a UUID v4 in canonical lower-case hyphenated form, "
+            "e.g. 3f2b6c1e-7d4a-4e9b-9a1c-2b7e5d8f0a13"
+        )
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+TaskUUID = Annotated[str, AfterValidator(_check_task_uuid)]
+HttpURL = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_check_http_url)]
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class WireModel(BaseModel):
+    """Strict JSON types, unknown fields rejected: what a client sends is what it meant."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=False)
+
+
+class ToolCall(WireModel):
+    id: str = Field(min_length=1, max_length=256)
+    name: ToolName
+    input: dict[str, Any]
+
+
+class Message(WireModel):
+    role: Literal["user", "assistant", "system", "tool"]
+    content: str | None = Field(default=None, min_length=1)
+    tools: list[ToolCall] | None = Field(default=None, min_length=1)
+    id: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _shape_by_role(self) -> Message:
+        if self.role in ("user", "system"):
+            if self.content is None:
+                raise ValueError(f"a {self.role} message needs `content`")
+            if self.tools is not None or self.id is not None:
+                raise ValueError(f"a {self.role} message takes only `role` and `content`")
+        elif self.role == "assistant":
+            if self.content is None and self.tools is None:
+                raise ValueError("an assistant message needs `content` or `tools`")
+            if self.id is not None:
+                raise ValueError("an assistant message takes no `id` (tool calls carry theirs)")
+        else:
+            if self.id is None or self.content is None:
+                raise ValueError("a tool message needs `id` (the call it answers) and `content`")
+            if self.tools is not None:
+                raise ValueError("a tool message takes no `tools`")
+        return self
+
+
+class Tool(WireModel):
+    type: Literal["function"]
+    name: ToolName
+    description: str = Field(default="", max_length=8192)
+    parameters: dict[str, Any] = Field(alias="schema")
+
+
+class ToolChoice(WireModel):
+    type: Literal["auto", "any", "tool", "none"]
+    name: ToolName | None = None
+
+    @model_validator(mode="after")
+    def _name_for_tool(self) -> ToolChoice:
+        if self.type == "tool" and self.name is None:
+            raise ValueError('toolChoice of type "tool" needs `name`')
+        if self.type != "tool" and self.name is not None:
+            raise ValueError('`name` is only allowed with toolChoice type "tool"')
+        return self
+
+
+class TaskSettings(WireModel):
+    systemPrompt: str | None = Field(default=None, min_length=1, max_length=200_000)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    topP: float = Field(default=0.95, ge=0, le=1)
+    maxTokens: int = Field(default=4096, ge=1, le=128_000)
+    stopSequences: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=16
+    )
+    frequencyPenalty: float | None = Field(default=None, ge=-2, le=2)
+    presencePenalty: float | None = Field(default=None, ge=-2, le=2)
+    thinkingLevel: Literal["off", "low", "medium", "high"] | None = None
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=128)
+    toolChoice: ToolChoice | None = None
+
+
+class Inputs(WireModel):
+    images: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=16)
+
+
+class TextInferenceTask(WireModel):
+    taskType: Literal["textInference"]
+    taskUUID: TaskUUID
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1, max_length=4096)
+    deliveryMethod: Literal["sync", "async", "stream"] = "sync"
+    numberResults: int = Field(default=1, ge=1, le=4)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    includeCost: bool = False
+    includeUsage: bool = False
+    webhookURL: HttpURL | None = None
+    inputs: Inputs | None = None
+    settings: TaskSettings = Field(default_factory=TaskSettings)
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=128)
+    toolChoice: ToolChoice | None = None
+    outputFormat: Literal["TEXT", "JSON"] = "TEXT"
+    jsonSchema: dict[str, Any] | None = None
+    providerSettings: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> TextInferenceTask:
+        last = len(self.messages) - 1
+        if self.messages[last].role not in ("user", "tool"):
+            raise InvalidRequest(
+                "The last message must have role `user` or `tool`.",
+                code="invalidMessages",
+                parameter=f"messages.{last}.role",
+            )
+        if self.seed is not None and self.seed + self.numberResults - 1 > MAX_SEED:
+            raise InvalidRequest(
+                f"seed + numberResults - 1 must not exceed {MAX_SEED}.",
+                code="invalidSeed",
+                parameter="seed",
+            )
+        if self.tools is not None and self.settings.tools is not None:
+            raise InvalidRequest(
+                "Give `tools` once: at the top level (settings.tools is deprecated).",
+                code="invalidTools",
+                parameter="settings.tools",
+            )
+        if self.toolChoice is not None and self.settings.toolChoice is not None:
+            raise InvalidRequest(
+                "Give `toolChoice` once: at the top level (settings.toolChoice is deprecated).",
+                code="invalidToolChoice",
+                parameter="settings.toolChoice",
+            )
+        choice = self.effective_tool_choice
+        names = {tool.name for tool in self.effective_tools or ()}
+        if choice is not None and choice.type != "none" and not names:
+            raise InvalidRequest(
+                f'toolChoice "{choice.type}" needs `tools`.',
+                code="invalidToolChoice",
+                parameter="toolChoice",
+            )
+        if choice is not None and choice.name is not None and choice.name not in names:
+            raise InvalidRequest(
+                f"toolChoice names {choice.name!r}, which is not among the tools "
+                f"({', '.join(sorted(names))}).",
+                code="invalidToolChoice",
+                parameter="toolChoice.name",
+            )
+        if self.jsonSchema is not None and self.outputFormat != "JSON":
+            raise InvalidRequest(
+                '`jsonSchema` needs `outputFormat: "JSON"`.',
+                code="invalidJsonSchema",
+                parameter="jsonSchema",
+            )
+        return self
+
+    @property
+    def effective_tools(self) -> list[Tool] | None:
+        return self.tools if self.tools is not None else self.settings.tools
+
+    @property
+    def effective_tool_choice(self) -> ToolChoice | None:
+        return self.toolChoice if self.toolChoice is not None else self.settings.toolChoice
+
+
+class GetResponseTask(WireModel):
+    taskType: Literal["getResponse"]
+    taskUUID: TaskUUID
+
+
+class PingTask(WireModel):
+    taskType: Literal["ping"]
+    ping: bool = True
+
+
+class AuthenticationTask(WireModel):
+    taskType: Literal["authentication"]
+    apiKey: str = Field(min_length=1, max_length=512)
+
+
+TASK_MODELS: dict[str, type[WireModel]] = {
+    "textInference": TextInferenceTask,
+    "getResponse": GetResponseTask,
+    "ping": PingTask,
+    "authentication": AuthenticationTask,
+}
+
+
+def parse_task(raw: Any) -> WireModel:
+    """Validate one task object, raising InvalidRequest errors that name the parameter.
+
+    Raises `TaskErrors` carrying every problem found in the task (a client fixing a request
+    wants to see all of them at once).
+    """
+    if not isinstance(raw, dict):
+        raise TaskErrors([InvalidRequest("Each task must be a JSON object.", code="invalidTask")])
+    task_type = raw.get("taskType")
+    if task_type is None:
+        raise TaskErrors(
+            [InvalidRequest("Missing required parameter 'taskType'.", code="missingTaskType",
+                            parameter="taskType")]
+        )
+    model = TASK_MODELS.get(task_type) if isinstance(task_type, str) else None
+    if model is None:
+        raise TaskErrors(
+            [
+                InvalidRequest(
+                    f"Unsupported taskType {task_type!r}; allowed: {', '.join(TASK_MODELS)}.",
+                    code="invalidTaskType",
+                    parameter="taskType",
+                )
+            ]
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise TaskErrors(errors_from_validation(exc, model)) from None
+    except InvalidRequest as exc:
+        raise TaskErrors([exc]) from None
+
+
+class TaskErrors(Exception):
+    """All validation errors of one task."""
+
+    def __init__(self, errors: list[InvalidRequest]):
+        super().__init__(errors[0].message if errors else "invalid task")
+        self.errors = errors
+
+
+def errors_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[InvalidRequest]:
+    """Translate pydantic errors into protocol errors: code from the field, dotted parameter."""
+    found: list[InvalidRequest] = []
+    for error in exc.errors(include_url=False):
+        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        parameter = ".".join(str(part) for part in loc)
+        names = [part for part in loc if isinstance(part, str)]
+        field = names[-1] if names else "request"
+        capital = field[:1].upper() + field[1:]
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = _fields_at(root, loc[:-1])
+            hint = f" Allowed here: {', '.join(allowed)}." if allowed else ""
+            found.append(
+                InvalidRequest(
+                    f"Unknown parameter '{parameter}'.{hint}",
+                    code="unknownParameter",
+                    parameter=parameter,
+                )
+            )
+        elif kind == "missing":
+            found.append(
+                InvalidRequest(
+                    f"Missing required parameter '{parameter}'.",
+                    code=f"missing{capital}",
+                    parameter=parameter,
+                )
+            )
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+            found.append(
+                InvalidRequest(
+                    f"Invalid value for '{parameter or 'request'}': {message}.".replace("..", "."),
+                    code=f"invalid{capital}",
+                    parameter=parameter or None,
+                )
+            )
+    return found
+
+
+def _is_union_tag(part: object) -> bool:
+    # pydantic puts the member type of a `str | None` union in the location ("str", "list[...]")
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
+def _fields_at(root: type[BaseModel], path: list[int | str]) -> list[str]:
+    """The accepted field names of the model found at `path` under `root`, for hints."""
+    model: Any = root
+    for part in path:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if info is None:
+            for candidate in getattr(model, "model_fields", {}).values():
+                if candidate.alias == part:
+                    info = candidate
+        if info is None:
+            return []
+        model = _model_in(info.annotation)
+        if model is None:
+            return []
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# --- result items
+
+
+def processing_item(task_uuid: str, result_index: int | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"taskType": "textInference", "taskUUID": task_uuid}
+    if result_index is not None:
+        item["resultIndex"] = result_index
+    item["status"] = "processing"
+    return item
+
+
+def error_item(task_uuid: str, result_index: int, code: str, message: str) -> dict[str, Any]:
+    return {
+        "taskType": "textInference",
+        "taskUUID": task_uuid,
+        "resultIndex": result_index,
+        "status": "error",
+        "error": {"code": code, "message": message},
+    }

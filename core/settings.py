@@ -1,0 +1,69 @@
+"""Settings for every taskwire process, read once from TASKWIRE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """All knobs of the API and the worker. Construct once per process and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKWIRE_", extra="ignore", frozen=True)
+
+    # --- Redis and key layout
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field(default="tw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    queue_name: str = "tw:queue"
+
+    # --- API keys: comma-separated; the dev key is added to them when set.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    dev_api_key: SecretStr | None = None
+
+    # --- API behaviour
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    sync_timeout_s: float = Field(default=60.0, gt=0)
+    task_retention_s: int = Field(default=24 * 3600, ge=60)
+    max_queue_depth: int = Field(default=200_000, ge=1)
+    catalog_path: Path = PROJECT_ROOT / "deploy" / "models.toml"
+
+    # --- worker
+    worker_max_jobs: int = Field(default=500, ge=1)
+    job_timeout_s: float = Field(default=600.0, gt=0)
+    # The in-progress key of a running job is a lease renewed by its worker; a killed worker's
+    # jobs become visible again once the lease runs out, whatever the job timeout.
+    job_lease_s: float = Field(default=10.0, ge=1)
+    worker_poll_fallback_s: float = Field(default=1.0, gt=0)
+    worker_shutdown_grace_s: int = Field(default=25, ge=0)
+    job_max_tries: int = Field(default=5, ge=1)
+
+    # --- upstream calls
+    upstream_max_attempts: int = Field(default=4, ge=1)
+    upstream_backoff_base_s: float = Field(default=0.25, ge=0)
+    upstream_backoff_cap_s: float = Field(default=8.0, ge=0)
+    upstream_retry_after_cap_s: float = Field(default=30.0, ge=0)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    upstream_max_connections: int = Field(default=1000, ge=1)
+
+    # --- logging
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def all_api_keys(self) -> list[str]:
+        """Every accepted API key in clear (only the key ring may hold them)."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if self.dev_api_key is not None:
+            keys.append(self.dev_api_key.get_secret_value())
+        return keys

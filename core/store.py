@@ -1,0 +1,313 @@
+"""Task records, results, queue entries and event appends in Redis; the only place that knows key names.
+
+Every multi-key change is one Lua script, so a task is never half-accepted and a result is
+never half-published: the record, its arq jobs and the wake-up are written together, and a
+final result, its event and its notification land together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+# arq's own key layout (arq.constants); jobs are written in arq's format so arq workers run them.
+ARQ_JOB_PREFIX = "arq:job:"
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+ARQ_RETRY_PREFIX = "arq:retry:"
+RUN_RESULT_JOB = "run_result"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """A task is named by its owner (API key id) and the client's taskUUID."""
+
+    owner: str
+    uuid: str
+
+
+class Keys:
+    """Redis key names. Task keys share a hash tag so one script may touch a task's keys."""
+
+    def __init__(self, prefix: str, queue_name: str):
+        self.prefix = prefix
+        self.queue = queue_name
+        self.wake = f"{queue_name}:wake"
+        self.workers = f"{prefix}:workers"
+
+    def task(self, ref: TaskRef) -> str:
+        return f"{self.prefix}:task:{{{ref.owner}:{ref.uuid}}}"
+
+    def events(self, ref: TaskRef) -> str:
+        return f"{self.prefix}:ev:{{{ref.owner}:{ref.uuid}}}"
+
+    @staticmethod
+    def job_id(ref: TaskRef, index: int) -> str:
+        return f"{ref.owner}:{ref.uuid}:{index}"
+
+    @staticmethod
+    def job(job_id: str) -> str:
+        return ARQ_JOB_PREFIX + job_id
+
+
+@dataclass(slots=True)
+class NewTask:
+    ref: TaskRef
+    fingerprint: str
+    request: dict[str, Any]
+    seeds: list[int]
+
+
+@dataclass(slots=True)
+class SubmitOutcome:
+    """`created` for a new task; else `existing_fingerprint` of the task already stored."""
+
+    created: bool
+    queue_full: bool = False
+    existing_fingerprint: str | None = None
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    ref: TaskRef
+    fingerprint: str
+    request: dict[str, Any]
+    seeds: list[int]
+    number_results: int
+    created_ms: float
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.results) >= self.number_results
+
+
+@dataclass(slots=True)
+class JobInput:
+    """What a result job needs: the stored request and whether its result is already final."""
+
+    request: dict[str, Any]
+    seed: int
+    number_results: int
+    created_ms: float
+    existing_result: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class FinishOutcome:
+    written: bool
+    done: int = 0
+    number_results: int = 0
+    event_id: str | None = None
+    errors: int = 0
+    created_ms: float = 0.0
+
+
+_SUBMIT = """
+local existing = redis.call('HGET', KEYS[1], 'fp')
+if existing then return {0, existing} end
+local n = tonumber(ARGV[4])
+if redis.call('ZCARD', KEYS[2]) + n > tonumber(ARGV[7]) then return {-1} end
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'req', ARGV[2], 'seeds', ARGV[3], 'n', n,
+           'created', ARGV[5], 'done', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+local ttl_ms = tonumber(ARGV[6]) * 1000
+for i = 1, n do
+  redis.call('SET', KEYS[2 + i], ARGV[7 + i], 'PX', ttl_ms)
+  redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[5])), ARGV[7 + n + i])
+end
+return {1}
+"""
+
+# Appends one event to a task's stream and notifies live readers with "<id> <payload>".
+_APPEND_EVENT = """
+local function append_event(stream, payload, ttl, maxlen)
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'd', payload)
+  redis.call('EXPIRE', stream, ttl)
+  redis.call('PUBLISH', stream, id .. ' ' .. payload)
+  return id
+end
+"""
+
+_APPEND = (
+    _APPEND_EVENT
+    + """
+local ids = {}
+for i = 3, #ARGV do
+  ids[#ids + 1] = append_event(KEYS[1], ARGV[i], ARGV[1], ARGV[2])
+end
+return ids
+"""
+)
+
+_FINISH = (
+    _APPEND_EVENT
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {0} end
+local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
+local errors = redis.call('HINCRBY', KEYS[1], 'errors', tonumber(ARGV[6]))
+local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
+local created = redis.call('HGET', KEYS[1], 'created')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+for i = 7, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[4], ARGV[5]) end
+local id = append_event(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
+return {1, done, n, id, errors, created}
+"""
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class TaskStore:
+    """Reads and writes task state. One instance per process, over a shared Redis client."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        retention_s: int,
+        max_queue_depth: int = 200_000,
+        event_maxlen: int = 10_000,
+    ):
+        self.redis = redis
+        self.keys = keys
+        self.retention_s = retention_s
+        self.max_queue_depth = max_queue_depth
+        self.event_maxlen = event_maxlen
+        self._append = redis.register_script(_APPEND)
+        self._finish = redis.register_script(_FINISH)
+
+    # --- API side
+
+    async def submit(self, tasks: Sequence[NewTask]) -> list[SubmitOutcome]:
+        """Store and enqueue new tasks in one round trip; existing taskUUIDs are left alone."""
+        if not tasks:
+            return []
+        now = time.time()
+        now_ms = int(now * 1000)
+        created_ms = f"{now * 1000:.3f}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task in tasks:
+                n = len(task.seeds)
+                job_ids = [self.keys.job_id(task.ref, i) for i in range(n)]
+                payloads = [
+                    _dumps(
+                        {"t": None, "f": RUN_RESULT_JOB, "a": [task.ref.owner, task.ref.uuid, i],
+                         "k": {}, "et": now_ms}
+                    )
+                    for i in range(n)
+                ]
+                # EVAL, not EVALSHA: a pipeline of EVALSHA costs an extra SCRIPT EXISTS round
+                # trip in redis-py, and Redis caches the compiled script by its hash anyway.
+                keys = [self.keys.task(task.ref), self.keys.queue,
+                        *(self.keys.job(job_id) for job_id in job_ids)]
+                pipe.eval(
+                    _SUBMIT, len(keys), *keys,
+                    task.fingerprint, _dumps(task.request), _dumps(task.seeds), n, created_ms,
+                    self.retention_s, self.max_queue_depth, *payloads, *job_ids,
+                )
+            pipe.publish(self.keys.wake, b"1")
+            replies = await pipe.execute()
+        outcomes = []
+        for reply in replies[:-1]:
+            status = int(reply[0])
+            if status == 1:
+                outcomes.append(SubmitOutcome(created=True))
+            elif status == -1:
+                outcomes.append(SubmitOutcome(created=False, queue_full=True))
+            else:
+                outcomes.append(
+                    SubmitOutcome(created=False, existing_fingerprint=_text(reply[1]))
+                )
+        return outcomes
+
+    async def get(self, ref: TaskRef) -> TaskRecord | None:
+        raw = await self.redis.hgetall(self.keys.task(ref))  # type: ignore[misc]
+        if not raw or b"fp" not in raw:
+            return None
+        return _record_from_hash(ref, raw)
+
+    async def get_many(self, refs: Sequence[TaskRef]) -> list[TaskRecord | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ref in refs:
+                pipe.hgetall(self.keys.task(ref))
+            replies = await pipe.execute()
+        return [
+            _record_from_hash(ref, raw) if raw and b"fp" in raw else None
+            for ref, raw in zip(refs, replies, strict=True)
+        ]
+
+    # --- worker side
+
+    async def load_job_input(self, ref: TaskRef, index: int) -> JobInput | None:
+        req, seeds, n, created, existing = await self.redis.hmget(  # type: ignore[misc]
+            self.keys.task(ref), ["req", "seeds", "n", "created", f"r:{index}"]
+        )
+        if req is None:
+            return None
+        return JobInput(
+            request=json.loads(req),
+            seed=int(json.loads(seeds)[index]),
+            number_results=int(n),
+            created_ms=float(created),
+            existing_result=json.loads(existing) if existing is not None else None,
+        )
+
+    async def append_events(self, ref: TaskRef, payloads: Sequence[dict[str, Any]]) -> list[str]:
+        """Append events to the task's stream (one round trip) and notify live readers."""
+        ids = await self._append(
+            keys=[self.keys.events(ref)],
+            args=[self.retention_s, self.event_maxlen, *(_dumps(p) for p in payloads)],
+        )
+        return [_text(event_id) for event_id in ids]
+
+    async def finish_result(
+        self,
+        ref: TaskRef,
+        index: int,
+        item: dict[str, Any],
+        event: dict[str, Any],
+        pending: Sequence[dict[str, Any]] = (),
+    ) -> FinishOutcome:
+        """Record a final result unless one is already there, and publish it after the
+        still-pending delta events, all in one step."""
+        reply = await self._finish(
+            keys=[self.keys.task(ref), self.keys.events(ref)],
+            args=[f"r:{index}", _dumps(item), _dumps(event), self.retention_s, self.event_maxlen,
+                  1 if item.get("status") == "error" else 0, *(_dumps(p) for p in pending)],
+        )
+        if int(reply[0]) != 1:
+            return FinishOutcome(written=False)
+        return FinishOutcome(
+            written=True, done=int(reply[1]), number_results=int(reply[2]),
+            event_id=_text(reply[3]), errors=int(reply[4]), created_ms=float(reply[5]),
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _record_from_hash(ref: TaskRef, raw: dict[bytes, bytes]) -> TaskRecord:
+    results = {
+        int(key[2:]): json.loads(value)
+        for key, value in raw.items()
+        if key.startswith(b"r:")
+    }
+    return TaskRecord(
+        ref=ref,
+        fingerprint=raw[b"fp"].decode(),
+        request=json.loads(raw[b"req"]),
+        seeds=json.loads(raw[b"seeds"]),
+        number_results=int(raw[b"n"]),
+        created_ms=float(raw[b"created"]),
+        results=results,
+    )

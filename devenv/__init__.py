@@ -1,0 +1,1 @@
+"""Running taskwire's processes locally: for `make run`, the tests and the benchmarks."""

@@ -1,0 +1,126 @@
+"""The task endpoint `POST /v1`: envelope, authentication and the protocol's response shapes."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
+
+from core.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable, TaskwireError
+from core.protocol import AuthenticationTask, TaskErrors, parse_task
+from service.batch import Batch, Slot
+from service.state import AppState, get_state
+
+router = APIRouter()
+State = Annotated[AppState, Depends(get_state)]
+
+
+def json_response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(error: TaskwireError, **scope: Any) -> Response:
+    headers = (
+        {"Retry-After": str(error.retry_after)} if isinstance(error, ServiceUnavailable) else None
+    )
+    return json_response({"errors": [error.to_item(**scope)]}, error.status, headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_envelope(body: bytes) -> list[Any]:
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; send a JSON array of tasks.",
+                             code="invalidRequestBody")
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.",
+                             code="invalidRequestBody") from None
+    tasks = [payload] if isinstance(payload, dict) else payload
+    if not isinstance(tasks, list):
+        raise InvalidRequest("The request body must be a JSON array of task objects.",
+                             code="invalidRequestBody")
+    if not tasks:
+        raise InvalidRequest("The task array is empty.", code="invalidRequestBody")
+    return tasks
+
+
+def split_authentication(request: Request, tasks: list[Any]) -> tuple[str | None, list[Any]]:
+    """The API key (header, or a leading authentication task) and the remaining tasks."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    header_key = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    first = tasks[0]
+    if isinstance(first, dict) and first.get("taskType") == "authentication":
+        try:
+            auth = parse_task(first)
+        except TaskErrors as exc:
+            raise exc.errors[0] from None
+        assert isinstance(auth, AuthenticationTask)
+        if header_key is not None and header_key != auth.apiKey:
+            raise InvalidRequest(
+                "The Authorization header and the authentication task carry different keys.",
+                code="invalidApiKey", parameter="apiKey",
+            )
+        return auth.apiKey, tasks[1:]
+    return header_key, tasks
+
+
+def batch_response(slots: list[Slot]) -> Response:
+    data = [item for slot in slots for item in slot.items]
+    errors = [error.to_item(**slot.scope()) for slot in slots for error in slot.errors]
+    first_error = next((e for slot in slots for e in slot.errors), None)
+    body: dict[str, Any] = {}
+    if data:
+        body["data"] = data
+    if errors:
+        body["errors"] = errors
+    headers = None
+    if first_error is not None and isinstance(first_error, ServiceUnavailable):
+        headers = {"Retry-After": str(first_error.retry_after)}
+    if not data and first_error is not None:
+        return json_response(body, first_error.status, headers)
+    status = 202 if any(slot.pending_sync for slot in slots) else 200
+    return json_response(body, status, headers)
+
+
+@router.post("/v1")
+async def post_tasks(request: Request, state: State) -> Response:
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+        tasks = parse_envelope(body)
+        api_key, tasks = split_authentication(request, tasks)
+        owner = state.keyring.authenticate(api_key)
+        if not tasks:
+            return json_response({"data": []}, 200)
+        batch = Batch(owner=owner, settings=state.settings, catalog=state.catalog,
+                      store=state.store, hub=state.hub)
+        return batch_response(await batch.run(tasks))
+    except TaskwireError as exc:
+        return error_response(exc)
+    except (RedisError, OSError):
+        return error_response(
+            ServiceUnavailable("Task storage is unavailable; try again shortly.", retry_after=2)
+        )

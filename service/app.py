@@ -1,0 +1,92 @@
+"""The FastAPI application factory and its lifespan (Redis, event hub, catalog, key ring)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+
+from core.catalog import Catalog
+from core.errors import InvalidRequest, ServiceUnavailable, TaskwireError
+from core.events import EventHub
+from core.logging import configure_logging
+from core.settings import Settings
+from core.store import Keys, TaskStore
+from service.api import error_response, json_response, router
+from service.auth import KeyRing
+from service.state import AppState
+
+log = structlog.get_logger("taskwire.service")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    catalog = Catalog.load(settings.catalog_path)
+    keyring = KeyRing(settings.all_api_keys())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis(
+            connection_pool=ConnectionPool.from_url(
+                settings.redis_url, socket_connect_timeout=5, socket_keepalive=True,
+                max_connections=512,
+            )
+        )
+        store = TaskStore(redis, Keys(settings.key_prefix, settings.queue_name),
+                          retention_s=settings.task_retention_s,
+                          max_queue_depth=settings.max_queue_depth)
+        hub = EventHub(redis)
+        await hub.start()
+        app.state.taskwire = AppState(settings, catalog, keyring, redis, store, hub)
+        log.info("service.started", models=catalog.ids(), api_keys=len(keyring))
+        try:
+            yield
+        finally:
+            await hub.close()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="taskwire",
+        summary="Runware-compatible asynchronous inference task API",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.include_router(router)
+
+    @app.get("/health")
+    async def health(request: Request) -> Response:
+        state: AppState = request.app.state.taskwire
+        try:
+            await state.redis.ping()
+        except (RedisError, OSError):
+            return error_response(ServiceUnavailable("Redis is unreachable.", retry_after=2))
+        return json_response({"status": "ok"}, 200)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> Response:
+        codes = {404: "notFound", 405: "methodNotAllowed"}
+        error = TaskwireError(str(exc.detail), code=codes.get(exc.status_code, "invalidRequest"))
+        response = json_response({"errors": [error.to_item()]}, exc.status_code)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        return error_response(InvalidRequest(f"Invalid request: {exc.errors()[0]['msg']}."))
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory service.app:create_app_from_env`."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, process="api")
+    return create_app(settings)

@@ -1,0 +1,222 @@
+"""Runs the tasks of one `POST /v1` request: validate each, submit new work, answer each."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.catalog import Catalog
+from core.errors import InvalidRequest, ServiceUnavailable, TaskConflict, TaskNotFound, TaskwireError
+from core.events import EventHub, Subscription
+from core.protocol import (
+    GetResponseTask,
+    PingTask,
+    TaskErrors,
+    TextInferenceTask,
+    WireModel,
+    parse_task,
+    processing_item,
+)
+from core.settings import Settings
+from core.store import NewTask, TaskRef, TaskStore
+from service.delivery import collect_results, result_items, watching
+
+
+@dataclass(eq=False)
+class Slot:
+    """One task of the request and what the response says about it."""
+
+    raw: Any
+    task: WireModel | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[TaskwireError] = field(default_factory=list)
+    pending_sync: bool = False  # a sync task whose results were not all final in time
+
+    def scope(self) -> dict[str, Any]:
+        raw = self.raw if isinstance(self.raw, dict) else {}
+        return {
+            "taskType": raw.get("taskType") if isinstance(raw.get("taskType"), str) else None,
+            "taskUUID": raw.get("taskUUID") if isinstance(raw.get("taskUUID"), str) else None,
+        }
+
+
+@dataclass(eq=False)
+class _Inference:
+    slot: Slot
+    task: TextInferenceTask
+    ref: TaskRef
+    new: NewTask
+    sub: Subscription | None = None
+
+
+def fingerprint(raw: dict[str, Any]) -> str:
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def seeds_for(task: TextInferenceTask) -> list[int]:
+    if task.seed is not None:
+        return [task.seed + i for i in range(task.numberResults)]
+    # Random seeds in the unsigned 32-bit range (as Runware does), distinct per result.
+    return random.sample(range(2**32), task.numberResults)
+
+
+class Batch:
+    """The tasks of one request, for one API key owner."""
+
+    def __init__(
+        self,
+        *,
+        owner: str,
+        settings: Settings,
+        catalog: Catalog,
+        store: TaskStore,
+        hub: EventHub,
+    ):
+        self.owner = owner
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store
+        self.hub = hub
+        self.slots: list[Slot] = []
+
+    async def run(self, raw_tasks: list[Any]) -> list[Slot]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.sync_timeout_s
+        inference: list[_Inference] = []
+        lookups: list[Slot] = []
+        for raw in raw_tasks:
+            slot = Slot(raw)
+            self.slots.append(slot)
+            try:
+                slot.task = parse_task(raw)
+            except TaskErrors as exc:
+                slot.errors.extend(exc.errors)
+                continue
+            if isinstance(slot.task, PingTask):
+                slot.items.append({"taskType": "ping", "pong": True})
+            elif isinstance(slot.task, GetResponseTask):
+                lookups.append(slot)
+            elif isinstance(slot.task, TextInferenceTask):
+                prepared = self._prepare(slot, slot.task)
+                if prepared is not None:
+                    inference.append(prepared)
+            else:
+                slot.errors.append(
+                    InvalidRequest("An authentication task must be the first in the request.",
+                                   code="invalidTaskType", parameter="taskType")
+                )
+        if lookups:
+            await self._answer_lookups(lookups)
+        if inference:
+            await self._submit(inference, deadline)
+        return self.slots
+
+    # --- textInference
+
+    def _prepare(self, slot: Slot, task: TextInferenceTask) -> _Inference | None:
+        model = self.catalog.get(task.model)
+        if model is None:
+            slot.errors.append(
+                InvalidRequest(
+                    f"Unknown model {task.model!r}; available: {', '.join(self.catalog.ids())}.",
+                    code="unknownModel", parameter="model",
+                )
+            )
+            return None
+        if task.settings.maxTokens > model.max_output_tokens:
+            slot.errors.append(
+                InvalidRequest(
+                    f"settings.maxTokens is {task.settings.maxTokens}; {task.model} produces at "
+                    f"most {model.max_output_tokens} output tokens.",
+                    code="invalidMaxTokens", parameter="settings.maxTokens",
+                )
+            )
+            return None
+        unsupported = _not_yet_supported(task)
+        if unsupported is not None:
+            slot.errors.append(unsupported)
+            return None
+        ref = TaskRef(self.owner, task.taskUUID)
+        request = task.model_dump(mode="json", by_alias=True, exclude_none=True)
+        new = NewTask(ref, fingerprint(slot.raw), request, seeds_for(task))
+        return _Inference(slot, task, ref, new)
+
+    async def _submit(self, work: list[_Inference], deadline: float) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            # Subscribe to sync tasks' events as the tasks are enqueued: results published
+            # after the subscription is confirmed arrive on it, and whatever came before is
+            # read once after confirmation (see collect_results).
+            for w in work:
+                if w.task.deliveryMethod == "sync":
+                    w.sub = await stack.enter_async_context(
+                        watching(self.hub, self.store, w.ref)
+                    )
+            outcomes = await self.store.submit([w.new for w in work])
+            waits = []
+            for w, outcome in zip(work, outcomes, strict=True):
+                if outcome.queue_full:
+                    w.slot.errors.append(
+                        ServiceUnavailable("The queue is full; try again shortly.",
+                                           code="queueFull", retry_after=5)
+                    )
+                elif not outcome.created and outcome.existing_fingerprint != w.new.fingerprint:
+                    w.slot.errors.append(
+                        TaskConflict(
+                            "This taskUUID was already used with a different request body; "
+                            "use a new taskUUID for new work.",
+                            parameter="taskUUID",
+                        )
+                    )
+                else:
+                    # New, or the same body again (no new work): answer with its state.
+                    waits.append(self._answer(w, outcome.created, deadline))
+            await asyncio.gather(*waits)
+
+    async def _answer(self, w: _Inference, created: bool, deadline: float) -> None:
+        if w.sub is not None:
+            results = await collect_results(w.sub, self.store, w.ref, w.task.numberResults,
+                                            deadline)
+            w.slot.items.extend(result_items(w.task.taskUUID, w.task.numberResults, results))
+            w.slot.pending_sync = len(results) < w.task.numberResults
+        elif created:
+            w.slot.items.append(processing_item(w.task.taskUUID))
+        else:
+            record = await self.store.get(w.ref)
+            known = dict(record.results) if record is not None else {}
+            w.slot.items.extend(result_items(w.task.taskUUID, w.task.numberResults, known))
+
+    # --- getResponse
+
+    async def _answer_lookups(self, slots: list[Slot]) -> None:
+        refs = [TaskRef(self.owner, slot.task.taskUUID) for slot in slots]  # type: ignore[union-attr]
+        records = await self.store.get_many(refs)
+        for slot, ref, record in zip(slots, refs, records, strict=True):
+            if record is None:
+                slot.errors.append(
+                    TaskNotFound(
+                        f"No task {ref.uuid} for this API key: it is unknown, expired, or "
+                        "belongs to another key.",
+                        parameter="taskUUID",
+                    )
+                )
+                continue
+            slot.items.extend(result_items(ref.uuid, record.number_results, record.results))
+
+
+def _not_yet_supported(task: TextInferenceTask) -> InvalidRequest | None:
+    if task.deliveryMethod == "stream":
+        return InvalidRequest('deliveryMethod "stream" is not available on this server yet.',
+                              code="invalidDeliveryMethod", parameter="deliveryMethod")
+    if task.webhookURL is not None:
+        return InvalidRequest("webhookURL is not available on this server yet.",
+                              code="invalidWebhookURL", parameter="webhookURL")
+    if task.inputs is not None:
+        return InvalidRequest("inputs.images is not available on this server yet.",
+                              code="invalidImages", parameter="inputs.images")
+    return None

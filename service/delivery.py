@@ -1,0 +1,69 @@
+"""Waiting for results: sync requests learn of finished results from the task's event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from core.errors import ServiceUnavailable
+from core.events import RESYNC, EventHub, Subscription
+from core.protocol import processing_item
+from core.store import TaskRef, TaskStore
+
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def watching(hub: EventHub, store: TaskStore, ref: TaskRef) -> AsyncIterator[Subscription]:
+    """A subscription to a task's events. SUBSCRIBE is sent, not yet confirmed: callers
+    confirm it (`collect_results` does) once their own writes are on their way."""
+    async with hub.subscribe(store.keys.events(ref)) as sub:
+        yield sub
+
+
+async def collect_results(
+    sub: Subscription,
+    store: TaskStore,
+    ref: TaskRef,
+    number_results: int,
+    deadline: float,
+) -> dict[int, dict[str, Any]]:
+    """Final results of a task as they land, until all are in or the loop time `deadline`.
+
+    Once Redis confirms the subscription, every later event arrives on it; what was stored
+    before is read once, right after (the read overlaps the worker's own work, so it costs
+    no waiting). Otherwise no Redis command is sent while waiting, except a re-read of the
+    record when the hub reconnected or this reader fell behind.
+    """
+    try:
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            await sub.ready()
+    except TimeoutError:
+        raise ServiceUnavailable("Task events are unavailable (Redis unreachable).") from None
+    sub.request_resync()
+    results: dict[int, dict[str, Any]] = {}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            while len(results) < number_results:
+                event = await sub.get()
+                if event is RESYNC:
+                    record = await store.get(ref)
+                    if record is not None:
+                        results.update(record.results)
+                    continue
+                data = event.data  # type: ignore[union-attr]
+                if data.get("t") == "f":
+                    results[int(data["i"])] = data["r"]
+    return results
+
+
+def result_items(
+    task_uuid: str, number_results: int, results: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One item per result in index order: the final item, or `processing`."""
+    return [
+        results[i] if i in results else processing_item(task_uuid, i)
+        for i in range(number_results)
+    ]

@@ -1,0 +1,29 @@
+"""The long-lived objects of an API process, built in the lifespan and handed to routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from redis.asyncio import Redis
+
+from core.catalog import Catalog
+from core.events import EventHub
+from core.settings import Settings
+from core.store import TaskStore
+from service.auth import KeyRing
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    catalog: Catalog
+    keyring: KeyRing
+    redis: Redis
+    store: TaskStore
+    hub: EventHub
+
+
+async def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.taskwire
+    return state

@@ -1,0 +1,5 @@
+"""`python -m worker`: run one taskwire worker process."""
+
+from worker.main import main
+
+main()

@@ -1,0 +1,157 @@
+"""The arq job that produces one result of one task, idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError
+
+from core.protocol import TextInferenceTask, error_item
+from core.settings import Settings
+from core.store import FinishOutcome, TaskRef, TaskStore
+from worker.inference import Inference, InferenceOutcome
+from worker.publisher import ResultPublisher
+
+log = structlog.get_logger("taskwire.jobs")
+
+
+@dataclass(slots=True)
+class WorkerDeps:
+    settings: Settings
+    store: TaskStore
+    inference: Inference
+
+
+async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int) -> None:
+    """Produce result `index` of a task unless it is already final (arq may run a job twice)."""
+    deps: WorkerDeps = ctx["deps"]
+    ref = TaskRef(owner, task_uuid)
+    job_try: int = ctx["job_try"]
+    started = time.monotonic()
+    started_ms = time.time() * 1000
+    with structlog.contextvars.bound_contextvars(
+        task_uuid=task_uuid, result_index=index, job_try=job_try
+    ):
+        job = await deps.store.load_job_input(ref, index)
+        if job is None:
+            log.warning("result.task_gone")
+            return
+        if job.existing_result is not None:
+            log.info("result.already_final")
+            return
+        queue_ms = max(0.0, started_ms - job.created_ms)
+        task = TextInferenceTask.model_validate(job.request)
+        publisher = ResultPublisher(
+            deps.store, ref, index, job_try, eager_first=task.deliveryMethod == "stream"
+        )
+        try:
+            outcome = await _produce(deps, task, index, job.seed, publisher, job_try)
+            finish = await _finish(deps.store, publisher, outcome.item)
+        except BaseException:
+            publisher.close()
+            raise
+    _log_completion(task, task_uuid, index, job_try, outcome, finish, started, queue_ms)
+
+
+async def _produce(
+    deps: WorkerDeps,
+    task: TextInferenceTask,
+    index: int,
+    seed: int,
+    publisher: ResultPublisher,
+    job_try: int,
+) -> InferenceOutcome:
+    limit = deps.settings.job_max_tries
+    if job_try > limit:
+        return InferenceOutcome(
+            item=error_item(task.taskUUID, index, "inferenceError",
+                            f"The task was interrupted {limit} times (workers stopped or "
+                            "crashed while running it); giving up."),
+            route=None, attempts=0,
+        )
+    try:
+        async with asyncio.timeout(deps.settings.job_timeout_s):
+            return await deps.inference.run(task, index, seed, publisher)
+    except TimeoutError:
+        return InferenceOutcome(
+            item=error_item(task.taskUUID, index, "timeoutProvider",
+                            f"The model did not finish within {deps.settings.job_timeout_s:g} s."),
+            route=None, attempts=0,
+        )
+    except (RedisError, OSError):
+        raise  # storage trouble: leave the job queued; it runs again when its lease lapses
+    except Exception:
+        log.exception("result.internal_error")
+        return InferenceOutcome(
+            item=error_item(task.taskUUID, index, "inferenceError",
+                            "taskwire failed while running this task; it has been logged."),
+            route=None, attempts=0,
+        )
+
+
+async def _finish(
+    store: TaskStore, publisher: ResultPublisher, item: dict[str, Any]
+) -> FinishOutcome:
+    """Write the final result, riding out a short Redis outage (the write is idempotent)."""
+    delay = 0.05
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return await publisher.finish(item)
+        except (RedisError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("result.store_retry", error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _log_completion(
+    task: TextInferenceTask,
+    task_uuid: str,
+    index: int,
+    job_try: int,
+    outcome: InferenceOutcome,
+    finish: FinishOutcome,
+    started: float,
+    queue_ms: float,
+) -> None:
+    item = outcome.item
+    usage = outcome.usage
+    log.info(
+        "result.finished",
+        task_uuid=task_uuid,
+        result_index=index,
+        job_try=job_try,
+        model=task.model,
+        route=outcome.route,
+        attempts=outcome.attempts,
+        status=item["status"],
+        error_code=item.get("error", {}).get("code"),
+        latency_ms=round((time.monotonic() - started) * 1000, 2),
+        queue_ms=round(queue_ms, 2),
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        reasoning_tokens=usage.reasoning_tokens if usage else None,
+        cached_tokens=usage.cached_tokens if usage else None,
+        usage_estimated=outcome.usage_estimated or None,
+        recorded=finish.written,
+    )
+    if finish.written and finish.done == finish.number_results:
+        status = "success" if finish.errors == 0 else (
+            "error" if finish.errors == finish.number_results else "partial"
+        )
+        log.info(
+            "task.finished",
+            task_uuid=task_uuid,
+            model=task.model,
+            results=finish.number_results,
+            errors=finish.errors,
+            status=status,
+            latency_ms=round(time.time() * 1000 - finish.created_ms, 2),
+            delivery=task.deliveryMethod,
+        )

@@ -1,0 +1,115 @@
+"""Builds and runs a taskwire worker: `python -m worker` (settings from TASKWIRE_* env)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import httpx
+import structlog
+import uvloop
+from arq.connections import ArqRedis
+from arq.worker import func
+from redis.asyncio import ConnectionPool
+
+from core.catalog import Catalog
+from core.logging import configure_logging
+from core.settings import Settings
+from core.store import RUN_RESULT_JOB, Keys, TaskStore
+from worker.inference import Inference
+from worker.jobs import WorkerDeps, run_result
+from worker.providers.base import Adapter
+from worker.providers.openai_chat import OpenAIChatAdapter
+from worker.queue import QueueWorker, json_deserializer, json_serializer
+from worker.retry import RetryPolicy
+
+log = structlog.get_logger("taskwire.worker")
+
+
+def build_adapters(settings: Settings) -> dict[str, Adapter]:
+    return {"openai-chat": OpenAIChatAdapter(settings.upstream_connect_timeout_s)}
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    keys = Keys(settings.key_prefix, settings.queue_name)
+    client = httpx.AsyncClient(
+        limits=httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=min(settings.upstream_max_connections, 200),
+        ),
+        timeout=httpx.Timeout(60.0, connect=settings.upstream_connect_timeout_s),
+        follow_redirects=False,
+    )
+    ctx["http"] = client
+    ctx["deps"] = WorkerDeps(
+        settings=settings,
+        store=TaskStore(ctx["redis"], keys, retention_s=settings.task_retention_s,
+                        max_queue_depth=settings.max_queue_depth),
+        inference=Inference(
+            Catalog.load(settings.catalog_path),
+            client,
+            build_adapters(settings),
+            RetryPolicy(
+                max_attempts=settings.upstream_max_attempts,
+                base_s=settings.upstream_backoff_base_s,
+                cap_s=settings.upstream_backoff_cap_s,
+                retry_after_cap_s=settings.upstream_retry_after_cap_s,
+            ),
+        ),
+    )
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    client: httpx.AsyncClient | None = ctx.get("http")
+    if client is not None:
+        await client.aclose()
+    log.info("worker.stopped")
+
+
+def build_worker(settings: Settings) -> QueueWorker:
+    keys = Keys(settings.key_prefix, settings.queue_name)
+    redis = ArqRedis(
+        ConnectionPool.from_url(
+            settings.redis_url, socket_connect_timeout=5, socket_keepalive=True
+        ),
+        job_serializer=json_serializer,
+        job_deserializer=json_deserializer,
+        default_queue_name=settings.queue_name,
+    )
+    # arq's own timeout is a backstop: the job enforces job_timeout_s itself and records an
+    # error result, which arq's timeout could not do.
+    backstop_s = settings.job_timeout_s + 30
+    return QueueWorker(
+        functions=[
+            func(run_result, name=RUN_RESULT_JOB, timeout=backstop_s, keep_result=0,
+                 max_tries=settings.job_max_tries + 1)
+        ],
+        queue_name=settings.queue_name,
+        redis_pool=redis,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        max_jobs=settings.worker_max_jobs,
+        job_timeout=backstop_s,
+        keep_result=0,
+        poll_delay=settings.worker_poll_fallback_s,
+        max_tries=settings.job_max_tries + 1,
+        health_check_interval=10,
+        job_completion_wait=settings.worker_shutdown_grace_s,
+        job_serializer=json_serializer,
+        job_deserializer=json_deserializer,
+        ctx={"settings": settings},
+        lease_s=settings.job_lease_s,
+        wake_channel=keys.wake,
+        worker_key=f"{keys.workers}:{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, process="worker")
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    build_worker(settings).run()

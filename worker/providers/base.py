@@ -1,0 +1,144 @@
+"""What every upstream adapter takes and yields, and the HTTP failure translation they share."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from core.catalog import Route
+from core.errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamServerError,
+    UpstreamStreamBroken,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from core.protocol import TextInferenceTask
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """One attempt at one result on one route."""
+
+    route: Route
+    api_key: str
+    task: TextInferenceTask
+    seed: int
+
+
+# --- what adapters yield, in the order the upstream produced it
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call; `arguments` fragments concatenate to the JSON input."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+UpstreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finished | UsageReport
+
+
+class Adapter(Protocol):
+    """An upstream API. `stream` yields events for one call; failures are UpstreamError."""
+
+    name: str
+
+    def stream(self, client: httpx.AsyncClient, call: UpstreamCall) -> AsyncIterator[UpstreamEvent]:
+        ...
+
+
+# --- shared HTTP failure translation (messages never quote upstream bodies or secrets)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_for_status(response: httpx.Response) -> UpstreamError:
+    """The error for a non-2xx upstream answer, judged by status and headers only."""
+    status = response.status_code
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if status == 429:
+        return UpstreamRateLimited(
+            "The model provider is rate limiting requests; try again later.",
+            http_status=status, retry_after=retry_after,
+        )
+    if status in (408, 504):
+        return UpstreamTimeout(
+            "The model provider timed out.", http_status=status, retry_after=retry_after
+        )
+    if status >= 500:
+        return UpstreamServerError(
+            f"The model provider failed (HTTP {status}).",
+            http_status=status, retry_after=retry_after,
+        )
+    if status in (401, 403):
+        return UpstreamRejected(
+            "The model provider refused taskwire's credentials; the operator has been told.",
+            http_status=status,
+        )
+    return UpstreamRejected(
+        f"The model provider rejected the request (HTTP {status}).", http_status=status
+    )
+
+
+def error_for_transport(exc: httpx.HTTPError, *, streaming: bool) -> UpstreamError:
+    """The error for a failed connection, a timeout or a broken stream."""
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return UpstreamTimeout("The model provider did not answer in time.")
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return UpstreamUnreachable("No model provider server could be reached.")
+    if streaming:
+        return UpstreamStreamBroken("The model provider's stream broke off.")
+    return UpstreamUnreachable("The connection to the model provider failed.")
+
+
+def request_timeout(route: Route, connect_s: float) -> httpx.Timeout:
+    """Connect quickly; then the route's timeout bounds every wait for the next bytes."""
+    return httpx.Timeout(connect=connect_s, read=route.timeout_s, write=30.0, pool=30.0)

@@ -1,0 +1,250 @@
+"""OpenAI Chat Completions upstream (OpenAI, Vivgrid, OpenRouter and compatible servers), streamed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from core.errors import UpstreamStreamBroken
+from core.protocol import Message, TextInferenceTask
+from worker.providers.base import (
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    UpstreamCall,
+    UpstreamEvent,
+    UsageReport,
+    error_for_status,
+    error_for_transport,
+    request_timeout,
+)
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Function(_Loose):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCall(_Loose):
+    index: int = 0
+    id: str | None = None
+    function: _Function | None = None
+
+
+class _Delta(_Loose):
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+
+class _Choice(_Loose):
+    index: int = 0
+    delta: _Delta | None = None
+    message: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _PromptDetails(_Loose):
+    cached_tokens: int | None = 0
+
+
+class _CompletionDetails(_Loose):
+    reasoning_tokens: int | None = 0
+
+
+class _Usage(_Loose):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
+
+
+class _Chunk(_Loose):
+    choices: list[_Choice] = []
+    usage: _Usage | None = None
+    error: dict[str, Any] | None = None
+
+
+def build_messages(task: TextInferenceTask) -> list[dict[str, Any]]:
+    """Runware messages as Chat Completions messages; system text folded into one message."""
+    system_parts = [task.settings.systemPrompt] if task.settings.systemPrompt else []
+    system_parts += [m.content for m in task.messages if m.role == "system" and m.content]
+    out: list[dict[str, Any]] = []
+    if system_parts:
+        out.append({"role": "system", "content": "\n\n".join(system_parts)})
+    out.extend(_message(m) for m in task.messages if m.role != "system")
+    return out
+
+
+def _message(message: Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.id, "content": message.content}
+    if message.role == "assistant" and message.tools:
+        return {
+            "role": "assistant",
+            "content": message.content,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": json.dumps(call.input)},
+                }
+                for call in message.tools
+            ],
+        }
+    return {"role": message.role, "content": message.content}
+
+
+def build_body(call: UpstreamCall) -> dict[str, Any]:
+    task, settings = call.task, call.task.settings
+    # providerSettings pass through, but the fields taskwire sets (how it streams, the model,
+    # the mapped settings) are ours.
+    body: dict[str, Any] = dict(task.providerSettings or {})
+    body.update(
+        {
+            "model": call.route.model,
+            "messages": build_messages(task),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "n": 1,
+            "seed": call.seed,
+            call.route.max_tokens_param: settings.maxTokens,
+            "temperature": settings.temperature,
+            "top_p": settings.topP,
+        }
+    )
+    if settings.stopSequences:
+        body["stop"] = list(settings.stopSequences)
+    if settings.frequencyPenalty is not None:
+        body["frequency_penalty"] = settings.frequencyPenalty
+    if settings.presencePenalty is not None:
+        body["presence_penalty"] = settings.presencePenalty
+    tools = task.effective_tools
+    if tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": tool.parameters,
+                },
+            }
+            for tool in tools
+        ]
+    choice = task.effective_tool_choice
+    if choice is not None:
+        body["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.name}}
+            if choice.type == "tool"
+            else {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+        )
+    if task.outputFormat == "JSON":
+        body["response_format"] = (
+            {"type": "json_schema", "json_schema": {"name": "output", "schema": task.jsonSchema}}
+            if task.jsonSchema is not None
+            else {"type": "json_object"}
+        )
+    return body
+
+
+def events_of_chunk(chunk: _Chunk) -> list[UpstreamEvent]:
+    events: list[UpstreamEvent] = []
+    for choice in chunk.choices:
+        if choice.index != 0:
+            continue
+        delta = choice.delta or choice.message
+        if delta is not None:
+            reasoning = delta.reasoning or delta.reasoning_content
+            if reasoning:
+                events.append(ReasoningDelta(reasoning))
+            if delta.content:
+                events.append(TextDelta(delta.content))
+            for tool in delta.tool_calls or ():
+                function = tool.function or _Function()
+                events.append(
+                    ToolCallDelta(tool.index, tool.id, function.name, function.arguments or "")
+                )
+        if choice.finish_reason is not None:
+            events.append(Finished(choice.finish_reason))
+    if chunk.usage is not None:
+        usage = chunk.usage
+        events.append(
+            UsageReport(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=(usage.prompt_tokens_details or _PromptDetails()).cached_tokens or 0,
+                reasoning_tokens=(
+                    usage.completion_tokens_details or _CompletionDetails()
+                ).reasoning_tokens or 0,
+            )
+        )
+    return events
+
+
+def parse_completion(raw: bytes) -> list[UpstreamEvent]:
+    """Events of a whole (non-streamed) chat completion body."""
+    try:
+        return events_of_chunk(_Chunk.model_validate_json(raw))
+    except ValidationError as exc:
+        raise UpstreamStreamBroken("The model provider sent an unreadable answer.") from exc
+
+
+class OpenAIChatAdapter:
+    name = "openai-chat"
+
+    def __init__(self, connect_timeout_s: float = 5.0):
+        self._connect_timeout_s = connect_timeout_s
+
+    async def stream(
+        self, client: httpx.AsyncClient, call: UpstreamCall
+    ) -> AsyncIterator[UpstreamEvent]:
+        headers = {
+            "Authorization": f"Bearer {call.api_key}",
+            "Accept": "text/event-stream",
+            **call.route.headers,
+        }
+        url = f"{call.route.base_url}/chat/completions"
+        try:
+            async with client.stream(
+                "POST", url, json=build_body(call), headers=headers,
+                timeout=request_timeout(call.route, self._connect_timeout_s),
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aclose()  # never read (or log) an upstream error body
+                    raise error_for_status(response)
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    for event in parse_completion(await response.aread()):
+                        yield event
+                    return
+                finished = False
+                async for sse in EventSource(response).aiter_sse():
+                    if sse.data == "[DONE]":
+                        if not finished:
+                            raise UpstreamStreamBroken("The model provider's stream ended early.")
+                        return
+                    try:
+                        chunk = _Chunk.model_validate_json(sse.data)
+                    except ValidationError as exc:
+                        raise UpstreamStreamBroken(
+                            "The model provider sent an unreadable stream event."
+                        ) from exc
+                    if chunk.error is not None:
+                        raise UpstreamStreamBroken("The model provider failed mid-stream.")
+                    for event in events_of_chunk(chunk):
+                        finished = finished or isinstance(event, Finished)
+                        yield event
+                if not finished:
+                    raise UpstreamStreamBroken("The model provider's stream ended early.")
+        except httpx.HTTPError as exc:
+            raise error_for_transport(exc, streaming=True) from exc
