@@ -22,6 +22,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from core.store import TaskRef, TaskStore
+
 log = structlog.get_logger("taskwire.events")
 
 
@@ -94,6 +96,9 @@ class _Channel:
     want: bool = False
     live: asyncio.Event = field(default_factory=asyncio.Event)
     idle_since: float | None = None
+    # Set when the connection dropped: once the channel is live again, its readers are told
+    # to re-read storage (earlier, and events published in between would be lost).
+    resync_when_live: bool = False
 
 
 class EventHub:
@@ -122,7 +127,7 @@ class EventHub:
                     await task
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     @property
     def subscriber_count(self) -> int:
@@ -172,8 +177,7 @@ class EventHub:
                 for state in self._channels.values():
                     state.live.clear()
                     state.pending = 0
-                    for sub in state.subscribers:
-                        sub._deliver(RESYNC)
+                    state.resync_when_live = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             else:
@@ -182,18 +186,21 @@ class EventHub:
     async def _connect_and_read(self) -> None:
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         pubsub = self._redis.pubsub()
         self._pubsub = pubsub
         for name, state in list(self._channels.items()):
             if not state.want and not state.subscribers:
                 del self._channels[name]
-        # From here on subscribe() sends its own SUBSCRIBE; channels wanted before are sent now.
+        # The first command opens the connection; only then may subscribe() send its own
+        # SUBSCRIBEs (two coroutines opening it at once would each get a connection).
+        await pubsub.subscribe(self._control)
         self._connected.set()
         wanted = [name for name, state in self._channels.items() if state.want]
         for name in wanted:
             self._channels[name].pending += 1
-        await pubsub.subscribe(self._control, *wanted)
+        if wanted:
+            await pubsub.subscribe(*wanted)
         while True:
             message = await pubsub.get_message(timeout=None)
             if message is None:
@@ -203,12 +210,17 @@ class EventHub:
             if kind == "message":
                 self._dispatch(name, message["data"])
             elif kind in ("subscribe", "unsubscribe"):
-                state = self._channels.get(name)
-                if state is None:
+                found = self._channels.get(name)
+                if found is None:
                     continue
+                state = found
                 state.pending = max(state.pending - 1, 0)
                 if state.pending == 0 and state.want:
                     state.live.set()
+                    if state.resync_when_live:
+                        state.resync_when_live = False
+                        for sub in state.subscribers:
+                            sub._deliver(RESYNC)
                 elif state.pending == 0 and not state.subscribers and not state.want:
                     del self._channels[name]
 
@@ -238,3 +250,30 @@ class EventHub:
                     await self._send(name, state, subscribe=False)
                     if self._pubsub is None or not self._connected.is_set():
                         del self._channels[name]
+
+
+async def follow(
+    hub: EventHub, store: TaskStore, ref: TaskRef, after: str = "0-0"
+) -> AsyncIterator[Event]:
+    """Every event of a task after the id `after`: stored ones first, then live ones, in
+    order, each once. Runs until the caller stops iterating."""
+    async with hub.subscribe(store.keys.events(ref)) as sub:
+        await sub.ready()
+        last = stream_id_order(after)
+        sub.request_resync()
+        while True:
+            item = await sub.get()
+            if isinstance(item, _Resync):
+                for event_id, data in await store.read_events(ref, after=_id_of(last)):
+                    event = Event(event_id, data)
+                    last = event.order
+                    yield event
+                continue
+            if item.order <= last:
+                continue
+            last = item.order
+            yield item
+
+
+def _id_of(order: tuple[int, int]) -> str:
+    return f"{order[0]}-{order[1]}"

@@ -31,6 +31,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, process: str) -
     writes one format only.
     """
     json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+
     def add_process(
         _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
@@ -69,6 +70,10 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, process: str) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # uvicorn installs its own handlers before the app factory runs: route them through ours.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
     # Per-job and per-request chatter from libraries: our own lines say what happened.
     for noisy in ("arq.worker", "arq.jobs", "uvicorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

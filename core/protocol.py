@@ -231,8 +231,13 @@ def parse_task(raw: Any) -> WireModel:
     task_type = raw.get("taskType")
     if task_type is None:
         raise TaskErrors(
-            [InvalidRequest("Missing required parameter 'taskType'.", code="missingTaskType",
-                            parameter="taskType")]
+            [
+                InvalidRequest(
+                    "Missing required parameter 'taskType'.",
+                    code="missingTaskType",
+                    parameter="taskType",
+                )
+            ]
         )
     model = TASK_MODELS.get(task_type) if isinstance(task_type, str) else None
     if model is None:

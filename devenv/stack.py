@@ -85,26 +85,38 @@ class Stack:
     def start_sim(self) -> Process:
         self.sim = Process(
             "sim",
-            python_argv("-m", "sim", "--port", str(self.sim_port),
-                        "--api-key", self.config.sim_api_key, *self.config.sim_args),
-            self.env(), self.log_dir,
+            python_argv(
+                "-m",
+                "sim",
+                "--port",
+                str(self.sim_port),
+                "--api-key",
+                self.config.sim_api_key,
+                *self.config.sim_args,
+            ),
+            self.env(),
+            self.log_dir,
         ).start()
-        wait_until(http_ok(f"{self.sim_url}/health"), 20, "the simulator",
-                   self.sim.check_alive)
+        wait_until(http_ok(f"{self.sim_url}/health"), 20, "the simulator", self.sim.check_alive)
         return self.sim
 
     def start_worker(self, extra_env: dict[str, str] | None = None) -> Process:
         self._worker_seq += 1
         env = self.env()
         env.update(extra_env or {})
-        worker = Process(f"worker{self._worker_seq}", python_argv("-m", "worker"), env,
-                         self.log_dir).start()
+        worker = Process(
+            f"worker{self._worker_seq}", python_argv("-m", "worker"), env, self.log_dir
+        ).start()
         self.workers.append(worker)
         key = f"tw:workers:{socket.gethostname()}:{worker.pid}"
         client = self.redis_client()
         try:
-            wait_until(lambda: bool(client.exists(key)), 30, f"{worker.name} to register",
-                       worker.check_alive)
+            wait_until(
+                lambda: bool(client.exists(key)),
+                30,
+                f"{worker.name} to register",
+                worker.check_alive,
+            )
         finally:
             client.close()
         return worker

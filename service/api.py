@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from core.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable, TaskwireError
@@ -18,7 +18,9 @@ router = APIRouter()
 State = Annotated[AppState, Depends(get_state)]
 
 
-def json_response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    body: dict[str, Any], status: int, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
         json.dumps(body, separators=(",", ":"), ensure_ascii=False),
         status_code=status,
@@ -51,17 +53,20 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def parse_envelope(body: bytes) -> list[Any]:
     if not body.strip():
-        raise InvalidRequest("The request body is empty; send a JSON array of tasks.",
-                             code="invalidRequestBody")
+        raise InvalidRequest(
+            "The request body is empty; send a JSON array of tasks.", code="invalidRequestBody"
+        )
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.",
-                             code="invalidRequestBody") from None
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc}.", code="invalidRequestBody"
+        ) from None
     tasks = [payload] if isinstance(payload, dict) else payload
     if not isinstance(tasks, list):
-        raise InvalidRequest("The request body must be a JSON array of task objects.",
-                             code="invalidRequestBody")
+        raise InvalidRequest(
+            "The request body must be a JSON array of task objects.", code="invalidRequestBody"
+        )
     if not tasks:
         raise InvalidRequest("The task array is empty.", code="invalidRequestBody")
     return tasks
@@ -82,7 +87,8 @@ def split_authentication(request: Request, tasks: list[Any]) -> tuple[str | None
         if header_key is not None and header_key != auth.apiKey:
             raise InvalidRequest(
                 "The Authorization header and the authentication task carry different keys.",
-                code="invalidApiKey", parameter="apiKey",
+                code="invalidApiKey",
+                parameter="apiKey",
             )
         return auth.apiKey, tasks[1:]
     return header_key, tasks
@@ -115,8 +121,13 @@ async def post_tasks(request: Request, state: State) -> Response:
         owner = state.keyring.authenticate(api_key)
         if not tasks:
             return json_response({"data": []}, 200)
-        batch = Batch(owner=owner, settings=state.settings, catalog=state.catalog,
-                      store=state.store, hub=state.hub)
+        batch = Batch(
+            owner=owner,
+            settings=state.settings,
+            catalog=state.catalog,
+            store=state.store,
+            hub=state.hub,
+        )
         return batch_response(await batch.run(tasks))
     except TaskwireError as exc:
         return error_response(exc)

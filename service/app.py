@@ -34,13 +34,18 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis(
             connection_pool=ConnectionPool.from_url(
-                settings.redis_url, socket_connect_timeout=5, socket_keepalive=True,
+                settings.redis_url,
+                socket_connect_timeout=5,
+                socket_keepalive=True,
                 max_connections=512,
             )
         )
-        store = TaskStore(redis, Keys(settings.key_prefix, settings.queue_name),
-                          retention_s=settings.task_retention_s,
-                          max_queue_depth=settings.max_queue_depth)
+        store = TaskStore(
+            redis,
+            Keys(settings.key_prefix, settings.queue_name),
+            retention_s=settings.task_retention_s,
+            max_queue_depth=settings.max_queue_depth,
+        )
         hub = EventHub(redis)
         await hub.start()
         app.state.taskwire = AppState(settings, catalog, keyring, redis, store, hub)

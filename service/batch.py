@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.catalog import Catalog
-from core.errors import InvalidRequest, ServiceUnavailable, TaskConflict, TaskNotFound, TaskwireError
+from core.errors import (
+    InvalidRequest,
+    ServiceUnavailable,
+    TaskConflict,
+    TaskNotFound,
+    TaskwireError,
+)
 from core.events import EventHub, Subscription
 from core.protocol import (
     GetResponseTask,
@@ -108,8 +114,11 @@ class Batch:
                     inference.append(prepared)
             else:
                 slot.errors.append(
-                    InvalidRequest("An authentication task must be the first in the request.",
-                                   code="invalidTaskType", parameter="taskType")
+                    InvalidRequest(
+                        "An authentication task must be the first in the request.",
+                        code="invalidTaskType",
+                        parameter="taskType",
+                    )
                 )
         if lookups:
             await self._answer_lookups(lookups)
@@ -125,7 +134,8 @@ class Batch:
             slot.errors.append(
                 InvalidRequest(
                     f"Unknown model {task.model!r}; available: {', '.join(self.catalog.ids())}.",
-                    code="unknownModel", parameter="model",
+                    code="unknownModel",
+                    parameter="model",
                 )
             )
             return None
@@ -134,7 +144,8 @@ class Batch:
                 InvalidRequest(
                     f"settings.maxTokens is {task.settings.maxTokens}; {task.model} produces at "
                     f"most {model.max_output_tokens} output tokens.",
-                    code="invalidMaxTokens", parameter="settings.maxTokens",
+                    code="invalidMaxTokens",
+                    parameter="settings.maxTokens",
                 )
             )
             return None
@@ -154,16 +165,15 @@ class Batch:
             # read once after confirmation (see collect_results).
             for w in work:
                 if w.task.deliveryMethod == "sync":
-                    w.sub = await stack.enter_async_context(
-                        watching(self.hub, self.store, w.ref)
-                    )
+                    w.sub = await stack.enter_async_context(watching(self.hub, self.store, w.ref))
             outcomes = await self.store.submit([w.new for w in work])
             waits = []
             for w, outcome in zip(work, outcomes, strict=True):
                 if outcome.queue_full:
                     w.slot.errors.append(
-                        ServiceUnavailable("The queue is full; try again shortly.",
-                                           code="queueFull", retry_after=5)
+                        ServiceUnavailable(
+                            "The queue is full; try again shortly.", code="queueFull", retry_after=5
+                        )
                     )
                 elif not outcome.created and outcome.existing_fingerprint != w.new.fingerprint:
                     w.slot.errors.append(
@@ -180,8 +190,9 @@ class Batch:
 
     async def _answer(self, w: _Inference, created: bool, deadline: float) -> None:
         if w.sub is not None:
-            results = await collect_results(w.sub, self.store, w.ref, w.task.numberResults,
-                                            deadline)
+            results = await collect_results(
+                w.sub, self.store, w.ref, w.task.numberResults, deadline
+            )
             w.slot.items.extend(result_items(w.task.taskUUID, w.task.numberResults, results))
             w.slot.pending_sync = len(results) < w.task.numberResults
         elif created:
@@ -211,12 +222,21 @@ class Batch:
 
 def _not_yet_supported(task: TextInferenceTask) -> InvalidRequest | None:
     if task.deliveryMethod == "stream":
-        return InvalidRequest('deliveryMethod "stream" is not available on this server yet.',
-                              code="invalidDeliveryMethod", parameter="deliveryMethod")
+        return InvalidRequest(
+            'deliveryMethod "stream" is not available on this server yet.',
+            code="invalidDeliveryMethod",
+            parameter="deliveryMethod",
+        )
     if task.webhookURL is not None:
-        return InvalidRequest("webhookURL is not available on this server yet.",
-                              code="invalidWebhookURL", parameter="webhookURL")
+        return InvalidRequest(
+            "webhookURL is not available on this server yet.",
+            code="invalidWebhookURL",
+            parameter="webhookURL",
+        )
     if task.inputs is not None:
-        return InvalidRequest("inputs.images is not available on this server yet.",
-                              code="invalidImages", parameter="inputs.images")
+        return InvalidRequest(
+            "inputs.images is not available on this server yet.",
+            code="invalidImages",
+            parameter="inputs.images",
+        )
     return None

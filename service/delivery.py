@@ -64,6 +64,5 @@ def result_items(
 ) -> list[dict[str, Any]]:
     """One item per result in index order: the final item, or `processing`."""
     return [
-        results[i] if i in results else processing_item(task_uuid, i)
-        for i in range(number_results)
+        results[i] if i in results else processing_item(task_uuid, i) for i in range(number_results)
     ]

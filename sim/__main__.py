@@ -37,6 +37,7 @@ def main() -> None:
         loop="uvloop",
         http="httptools",
         timeout_keep_alive=75,
+        timeout_graceful_shutdown=2,
     )
 
 

@@ -35,7 +35,8 @@ def message_texts(messages: list[Any]) -> list[str]:
             texts.append(content)
         elif isinstance(content, list):
             texts.extend(
-                part.get("text", "") for part in content
+                part.get("text", "")
+                for part in content
                 if isinstance(part, dict) and part.get("type") in ("text", "input_text")
             )
     return texts
@@ -51,8 +52,9 @@ def plan_choices(body: dict[str, Any], scenario: Scenario, prompt: str) -> list[
         raise BadRequest("seed must be an integer", "seed")
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise BadRequest("max_completion_tokens must be a positive integer",
-                         "max_completion_tokens")
+        raise BadRequest(
+            "max_completion_tokens must be a positive integer", "max_completion_tokens"
+        )
     stop = body.get("stop") or []
     if isinstance(stop, str):
         stop = [stop]
@@ -140,15 +142,13 @@ async def completion_chunks(
     await pacer.first()
     for c in choices:
         yield chunk(c.index, {"role": "assistant", "content": "", "refusal": None})
-    emitted = 0
     longest = max((len(c.reasoning) + len(c.tokens) for c in choices), default=0)
-    for step in range(longest):
+    for emitted, step in enumerate(range(longest), start=1):
         for c in choices:
             if step < len(c.reasoning):
                 yield chunk(c.index, {"reasoning": c.reasoning[step]})
             elif step - len(c.reasoning) < len(c.tokens):
                 yield chunk(c.index, {"content": c.tokens[step - len(c.reasoning)]})
-        emitted += 1
         if scenario.drop_after is not None and emitted >= scenario.drop_after:
             raise SimulatedDrop
         if scenario.hang_after is not None and emitted >= scenario.hang_after:

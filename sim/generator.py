@@ -56,7 +56,7 @@ def apply_stop(tokens: list[str], stop: Sequence[str]) -> tuple[list[str], bool]
         if hits:
             cut = min(hits)
             kept = tokens[:i]
-            remainder = candidate[len(text):cut] if cut > len(text) else ""
+            remainder = candidate[len(text) : cut] if cut > len(text) else ""
             if remainder:
                 kept.append(remainder)
             elif cut < len(text):

@@ -42,8 +42,12 @@ class Scenario:
 
     @property
     def faulty(self) -> bool:
-        return (self.status is not None or self.hang or self.hang_after is not None
-                or self.drop_after is not None)
+        return (
+            self.status is not None
+            or self.hang
+            or self.hang_after is not None
+            or self.drop_after is not None
+        )
 
     def well_behaved(self) -> Scenario:
         """This scenario without its faults (timing and length kept)."""

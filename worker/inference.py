@@ -77,12 +77,19 @@ class Inference:
     ) -> InferenceOutcome:
         model = self._catalog.get(task.model)
         if model is None:
-            return self._failed(task, index, None, 0, "unknownModel",
-                                f"Model {task.model!r} is no longer served.")
+            return self._failed(
+                task, index, None, 0, "unknownModel", f"Model {task.model!r} is no longer served."
+            )
         routes = self.usable_routes(model)
         if not routes:
-            return self._failed(task, index, None, 0, "noAvailableServer",
-                                "No upstream route is configured for this model.")
+            return self._failed(
+                task,
+                index,
+                None,
+                0,
+                "noAvailableServer",
+                "No upstream route is configured for this model.",
+            )
         route, key = routes[0]
         adapter = self._adapters[route.adapter]
         call = UpstreamCall(route=route, api_key=key, task=task, seed=seed)
@@ -104,8 +111,11 @@ class Inference:
                     else None
                 )
                 log.info(
-                    "upstream.attempt_failed", route=route.name, attempt=attempts,
-                    code=exc.code, http_status=exc.http_status,
+                    "upstream.attempt_failed",
+                    route=route.name,
+                    attempt=attempts,
+                    code=exc.code,
+                    http_status=exc.http_status,
                     retry_in_s=None if delay is None else round(delay, 3),
                     after_output=publisher.published,
                 )
@@ -124,7 +134,11 @@ class Inference:
 
     @staticmethod
     def _failed(
-        task: TextInferenceTask, index: int, route: str | None, attempts: int, code: str,
+        task: TextInferenceTask,
+        index: int,
+        route: str | None,
+        attempts: int,
+        code: str,
         message: str,
     ) -> InferenceOutcome:
         return InferenceOutcome(

@@ -68,28 +68,43 @@ async def _produce(
     limit = deps.settings.job_max_tries
     if job_try > limit:
         return InferenceOutcome(
-            item=error_item(task.taskUUID, index, "inferenceError",
-                            f"The task was interrupted {limit} times (workers stopped or "
-                            "crashed while running it); giving up."),
-            route=None, attempts=0,
+            item=error_item(
+                task.taskUUID,
+                index,
+                "inferenceError",
+                f"The task was interrupted {limit} times (workers stopped or "
+                "crashed while running it); giving up.",
+            ),
+            route=None,
+            attempts=0,
         )
     try:
         async with asyncio.timeout(deps.settings.job_timeout_s):
             return await deps.inference.run(task, index, seed, publisher)
     except TimeoutError:
         return InferenceOutcome(
-            item=error_item(task.taskUUID, index, "timeoutProvider",
-                            f"The model did not finish within {deps.settings.job_timeout_s:g} s."),
-            route=None, attempts=0,
+            item=error_item(
+                task.taskUUID,
+                index,
+                "timeoutProvider",
+                f"The model did not finish within {deps.settings.job_timeout_s:g} s.",
+            ),
+            route=None,
+            attempts=0,
         )
     except (RedisError, OSError):
         raise  # storage trouble: leave the job queued; it runs again when its lease lapses
     except Exception:
         log.exception("result.internal_error")
         return InferenceOutcome(
-            item=error_item(task.taskUUID, index, "inferenceError",
-                            "taskwire failed while running this task; it has been logged."),
-            route=None, attempts=0,
+            item=error_item(
+                task.taskUUID,
+                index,
+                "inferenceError",
+                "taskwire failed while running this task; it has been logged.",
+            ),
+            route=None,
+            attempts=0,
         )
 
 
@@ -142,8 +157,10 @@ def _log_completion(
         recorded=finish.written,
     )
     if finish.written and finish.done == finish.number_results:
-        status = "success" if finish.errors == 0 else (
-            "error" if finish.errors == finish.number_results else "partial"
+        status = (
+            "success"
+            if finish.errors == 0
+            else ("error" if finish.errors == finish.number_results else "partial")
         )
         log.info(
             "task.finished",

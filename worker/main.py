@@ -46,8 +46,12 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     ctx["http"] = client
     ctx["deps"] = WorkerDeps(
         settings=settings,
-        store=TaskStore(ctx["redis"], keys, retention_s=settings.task_retention_s,
-                        max_queue_depth=settings.max_queue_depth),
+        store=TaskStore(
+            ctx["redis"],
+            keys,
+            retention_s=settings.task_retention_s,
+            max_queue_depth=settings.max_queue_depth,
+        ),
         inference=Inference(
             Catalog.load(settings.catalog_path),
             client,
@@ -84,8 +88,13 @@ def build_worker(settings: Settings) -> QueueWorker:
     backstop_s = settings.job_timeout_s + 30
     return QueueWorker(
         functions=[
-            func(run_result, name=RUN_RESULT_JOB, timeout=backstop_s, keep_result=0,
-                 max_tries=settings.job_max_tries + 1)
+            func(
+                run_result,
+                name=RUN_RESULT_JOB,
+                timeout=backstop_s,
+                keep_result=0,
+                max_tries=settings.job_max_tries + 1,
+            )
         ],
         queue_name=settings.queue_name,
         redis_pool=redis,

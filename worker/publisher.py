@@ -20,8 +20,9 @@ class ResultPublisher:
 
     With `eager_first` (a client is streaming), the first delta goes out at once: time to
     first token is what users feel. Later ones (and all, for sync and async tasks, whose
-    deltas only serve clients re-attaching later) are buffered and appended when `max_chars` have gathered or `interval_s` has passed since
-    the oldest unsent one, so a long answer costs a few dozen Redis calls, not one per token.
+    deltas only serve clients re-attaching later) are buffered and appended when `max_chars`
+    have gathered or `interval_s` has passed since the oldest unsent one, so a long answer
+    costs a few dozen Redis calls, not one per token.
     Appends run beside the upstream read (one at a time, in order), so Redis round trips
     never hold up the stream. Each delta event carries the job attempt (`a`) and a sequence
     number (`s`); the final event is written with whatever is still buffered, in one step.

@@ -100,8 +100,12 @@ class QueueWorker(Worker):
             asyncio.create_task(self._listen_for_wakeups(), name="worker-wakeups"),
             asyncio.create_task(self._renew_leases(), name="worker-leases"),
         ]
-        log.info("worker.started", queue=self.queue_name, max_jobs=self.max_jobs,
-                 lease_s=self.in_progress_timeout_s)
+        log.info(
+            "worker.started",
+            queue=self.queue_name,
+            max_jobs=self.max_jobs,
+            lease_s=self.in_progress_timeout_s,
+        )
         backoff = 0.05
         try:
             while True:
@@ -109,8 +113,11 @@ class QueueWorker(Worker):
                 try:
                     await self._poll_iteration()
                 except (RedisError, OSError) as exc:
-                    log.warning("worker.redis_unavailable", error=type(exc).__name__,
-                                retry_in_s=round(backoff, 2))
+                    log.warning(
+                        "worker.redis_unavailable",
+                        error=type(exc).__name__,
+                        retry_in_s=round(backoff, 2),
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
@@ -151,8 +158,11 @@ class QueueWorker(Worker):
                 if not task.cancelled() and task.exception() is not None:
                     # arq's own bookkeeping failed (typically Redis went away at the end of a
                     # job). The job stays queued and runs again when its lease lapses.
-                    log.warning("worker.job_bookkeeping_failed", job_id=job_id,
-                                error=type(task.exception()).__name__)
+                    log.warning(
+                        "worker.job_bookkeeping_failed",
+                        job_id=job_id,
+                        error=type(task.exception()).__name__,
+                    )
         await self.heart_beat()
 
     def _start(self, job_id: str, score: int) -> None:
@@ -196,12 +206,17 @@ class QueueWorker(Worker):
                 if running:
                     await self._renew(
                         keys=[self.queue_name],
-                        args=[int(time.time() * 1000), self._lease_ms, ARQ_IN_PROGRESS_PREFIX,
-                              *running],
+                        args=[
+                            int(time.time() * 1000),
+                            self._lease_ms,
+                            ARQ_IN_PROGRESS_PREFIX,
+                            *running,
+                        ],
                     )
             except (RedisError, OSError) as exc:
-                log.warning("worker.lease_renewal_failed", error=type(exc).__name__,
-                            jobs=len(running))
+                log.warning(
+                    "worker.lease_renewal_failed", error=type(exc).__name__, jobs=len(running)
+                )
 
     async def _register(self, running: int = 0) -> None:
         """Announce this worker and its load; the key lapses soon after the worker dies."""
@@ -221,8 +236,15 @@ class QueueWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        await super().finish_job(job_id, finish, result_data, result_timeout_s,
-                                 keep_result_forever, incr_score, keep_in_progress)
+        await super().finish_job(
+            job_id,
+            finish,
+            result_data,
+            result_timeout_s,
+            keep_result_forever,
+            incr_score,
+            keep_in_progress,
+        )
         if not finish and incr_score is None:
             # Cancelled here (shutdown): hand the job back now rather than when the lease ends.
             await self.pool.zadd(self.queue_name, {job_id: int(time.time() * 1000)}, xx=True)

@@ -94,11 +94,11 @@ class ResultAssembler:
         if self.usage is not None:
             return self.usage, False
         prompt_chars = sum(len(m.content or "") for m in task.messages)
-        return UsageReport(prompt_tokens=max(1, prompt_chars // 4), completion_tokens=self.deltas), True
+        return UsageReport(
+            prompt_tokens=max(1, prompt_chars // 4), completion_tokens=self.deltas
+        ), True
 
-    def item(
-        self, task: TextInferenceTask, index: int, seed: int, price: Price
-    ) -> dict[str, Any]:
+    def item(self, task: TextInferenceTask, index: int, seed: int, price: Price) -> dict[str, Any]:
         item: dict[str, Any] = {
             "taskType": "textInference",
             "taskUUID": task.taskUUID,

@@ -66,8 +66,9 @@ def test_async_task_then_get_response(api: Api) -> None:
     response = api.post([task])
     assert response.status_code == 200
     assert response.json() == {
-        "data": [{"taskType": "textInference", "taskUUID": task["taskUUID"],
-                  "status": "processing"}]
+        "data": [
+            {"taskType": "textInference", "taskUUID": task["taskUUID"], "status": "processing"}
+        ]
     }
     [item] = api.wait_final(task["taskUUID"])
     assert item["status"] == "success"
@@ -86,8 +87,9 @@ def test_number_results_run_with_distinct_seeds(api: Api, stack) -> None:
     # one job per result: four result lines, each for its own index
     finished = wait_for_log(
         stack.workers[0].log_path,
-        lambda line: line.get("event") == "result.finished"
-        and line.get("task_uuid") == task["taskUUID"],
+        lambda line: (
+            line.get("event") == "result.finished" and line.get("task_uuid") == task["taskUUID"]
+        ),
         count=4,
     )
     assert sorted(line["result_index"] for line in finished) == [0, 1, 2, 3]
@@ -140,8 +142,12 @@ def test_batch_mixes_good_and_bad_tasks(api: Api) -> None:
 
 
 def test_all_tasks_failing_takes_the_first_errors_status(api: Api) -> None:
-    response = api.post([text_task(settings={"topP": 2}), {"taskType": "getResponse",
-                                                           "taskUUID": str(uuid.uuid4())}])
+    response = api.post(
+        [
+            text_task(settings={"topP": 2}),
+            {"taskType": "getResponse", "taskUUID": str(uuid.uuid4())},
+        ]
+    )
     assert response.status_code == 400
     codes = [error["code"] for error in response.json()["errors"]]
     assert codes == ["invalidTopP", "taskFailedOrNotFound"]
@@ -167,8 +173,11 @@ INVALID_CASES = [
     ({"messages": []}, "invalidMessages", "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "invalidRole", "messages.0.role"),
     ({"messages": [{"role": "user", "content": ""}]}, "invalidContent", "messages.0.content"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
-     "invalidMessages", "messages.1.role"),
+    (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        "invalidMessages",
+        "messages.1.role",
+    ),
     ({"deliveryMethod": "carrier-pigeon"}, "invalidDeliveryMethod", "deliveryMethod"),
     ({"numberResults": 5}, "invalidNumberResults", "numberResults"),
     ({"numberResults": 0}, "invalidNumberResults", "numberResults"),
@@ -185,12 +194,14 @@ INVALID_CASES = [
     ({"settings": {"maxTokens": 0}}, "invalidMaxTokens", "settings.maxTokens"),
     ({"settings": {"maxTokens": 128_001}}, "invalidMaxTokens", "settings.maxTokens"),
     ({"settings": {"stopSequences": "END"}}, "invalidStopSequences", "settings.stopSequences"),
-    ({"settings": {"frequencyPenalty": 3}}, "invalidFrequencyPenalty",
-     "settings.frequencyPenalty"),
+    ({"settings": {"frequencyPenalty": 3}}, "invalidFrequencyPenalty", "settings.frequencyPenalty"),
     ({"settings": {"presencePenalty": -3}}, "invalidPresencePenalty", "settings.presencePenalty"),
     ({"settings": {"thinkingLevel": "extreme"}}, "invalidThinkingLevel", "settings.thinkingLevel"),
-    ({"tools": [{"type": "function", "name": "bad name", "schema": {}}]}, "invalidName",
-     "tools.0.name"),
+    (
+        {"tools": [{"type": "function", "name": "bad name", "schema": {}}]},
+        "invalidName",
+        "tools.0.name",
+    ),
     ({"tools": [{"type": "function", "name": "f"}]}, "missingSchema", "tools.0.schema"),
     ({"toolChoice": {"type": "tool"}}, "invalidToolChoice", "toolChoice"),
     ({"toolChoice": {"type": "auto"}}, "invalidToolChoice", "toolChoice"),
@@ -200,8 +211,11 @@ INVALID_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("fields", "code", "parameter"), INVALID_CASES,
-                         ids=[case[1] + ":" + case[2] for case in INVALID_CASES])
+@pytest.mark.parametrize(
+    ("fields", "code", "parameter"),
+    INVALID_CASES,
+    ids=[case[1] + ":" + case[2] for case in INVALID_CASES],
+)
 def test_invalid_fields_are_rejected_with_code_and_parameter(
     api: Api, fields: dict, code: str, parameter: str
 ) -> None:
@@ -239,8 +253,9 @@ def test_unknown_task_type(api: Api) -> None:
 
 
 def test_max_tokens_over_the_models_output_limit(api: Api) -> None:
-    error = _only_error(api.post([text_task(model="taskwire:tiny@1",
-                                            settings={"maxTokens": 2000})]))
+    error = _only_error(
+        api.post([text_task(model="taskwire:tiny@1", settings={"maxTokens": 2000})])
+    )
     assert error["code"] == "invalidMaxTokens"
     assert error["parameter"] == "settings.maxTokens"
     assert "1000" in error["message"]
@@ -261,8 +276,11 @@ def test_max_tokens_over_the_models_output_limit(api: Api) -> None:
     ids=["malformed", "empty", "empty-array", "number", "deeply-nested", "not-utf8"],
 )
 def test_malformed_bodies_get_400_never_500(api: Api, body: bytes, code: str) -> None:
-    response = api.http.post("/v1", content=body, headers={
-        "Authorization": f"Bearer {KEY_A}", "Content-Type": "application/json"})
+    response = api.http.post(
+        "/v1",
+        content=body,
+        headers={"Authorization": f"Bearer {KEY_A}", "Content-Type": "application/json"},
+    )
     assert response.status_code == 400, response.text
     assert response.json()["errors"][0]["code"] == code
 
@@ -281,8 +299,9 @@ def test_missing_and_invalid_api_keys(api: Api) -> None:
     response = api.post([text_task()], key="wrong-key")
     assert response.status_code == 401
     assert response.json()["errors"][0]["code"] == "invalidApiKey"
-    response = api.http.post("/v1", json=[{"taskType": "authentication", "apiKey": "nope"},
-                                          text_task()])
+    response = api.http.post(
+        "/v1", json=[{"taskType": "authentication", "apiKey": "nope"}, text_task()]
+    )
     assert response.status_code == 401
 
 
@@ -355,14 +374,26 @@ def test_api_key_never_appears_in_logs(api: Api, stack) -> None:
 def test_completion_log_line_has_the_operational_fields(api: Api, stack) -> None:
     task = text_task("log fields", numberResults=2)
     api.post([task])
-    lines = wait_for_log(stack.workers[0].log_path,
-                         lambda line: line.get("task_uuid") == task["taskUUID"]
-                         and line["event"] in ("result.finished", "task.finished"), count=3)
+    lines = wait_for_log(
+        stack.workers[0].log_path,
+        lambda line: (
+            line.get("task_uuid") == task["taskUUID"]
+            and line["event"] in ("result.finished", "task.finished")
+        ),
+        count=3,
+    )
     results = [line for line in lines if line["event"] == "result.finished"]
     assert len(results) == 2
     for line in results:
-        for field in ("model", "route", "attempts", "latency_ms", "prompt_tokens",
-                      "completion_tokens", "status"):
+        for field in (
+            "model",
+            "route",
+            "attempts",
+            "latency_ms",
+            "prompt_tokens",
+            "completion_tokens",
+            "status",
+        ):
             assert line[field] is not None, field
         assert line["model"] == MODEL and line["route"] == "simulator"
     [summary] = [line for line in lines if line["event"] == "task.finished"]

@@ -14,7 +14,9 @@ from tests.conftest import Api, StackFactory, text_task, wait_for_log
 
 
 def sim_calls(stack, marker: str) -> int:
-    return int(httpx.get(f"{stack.sim_url}/_sim/calls", params={"contains": marker}).json()["count"])
+    return int(
+        httpx.get(f"{stack.sim_url}/_sim/calls", params={"contains": marker}).json()["count"]
+    )
 
 
 def attempts_logged(stack, task_uuid: str) -> list[dict]:
@@ -41,8 +43,10 @@ def test_retry_after_is_honoured(api: Api, stack) -> None:
     assert item["status"] == "success"
     [failed] = wait_for_log(
         stack.workers[0].log_path,
-        lambda line: line.get("event") == "upstream.attempt_failed"
-        and line.get("task_uuid") == task["taskUUID"],
+        lambda line: (
+            line.get("event") == "upstream.attempt_failed"
+            and line.get("task_uuid") == task["taskUUID"]
+        ),
     )
     assert failed["http_status"] == 503
     assert failed["retry_in_s"] >= 1.0
@@ -56,8 +60,11 @@ def test_upstream_that_always_fails_ends_in_an_error_result(api: Api, stack) -> 
     items = response.json()["data"]
     for index, item in enumerate(items):
         assert item == {
-            "taskType": "textInference", "taskUUID": task["taskUUID"], "resultIndex": index,
-            "status": "error", "error": {"code": "inferenceError", "message": item["error"]["message"]},
+            "taskType": "textInference",
+            "taskUUID": task["taskUUID"],
+            "resultIndex": index,
+            "status": "error",
+            "error": {"code": "inferenceError", "message": item["error"]["message"]},
         }
         assert UPSTREAM_SECRET_MARKER not in item["error"]["message"]
         assert "HTTP 500" in item["error"]["message"]
@@ -126,8 +133,13 @@ def test_sync_wait_times_out_with_202_and_the_task_completes(make_stack: StackFa
     response = api.post([task])
     assert response.status_code == 202
     assert response.json()["data"] == [
-        {"taskType": "textInference", "taskUUID": task["taskUUID"], "resultIndex": i,
-         "status": "processing"} for i in range(2)
+        {
+            "taskType": "textInference",
+            "taskUUID": task["taskUUID"],
+            "resultIndex": i,
+            "status": "processing",
+        }
+        for i in range(2)
     ]
     items = api.wait_final(task["taskUUID"], timeout=30)
     assert [item["status"] for item in items] == ["success", "success"]
@@ -156,8 +168,9 @@ def test_worker_killed_mid_task_finishes_on_another_worker(make_stack: StackFact
     assert sim_calls(stack, marker) == 2
     [line] = wait_for_log(
         stack.workers[1].log_path,
-        lambda line: line.get("event") == "result.finished"
-        and line.get("task_uuid") == task["taskUUID"],
+        lambda line: (
+            line.get("event") == "result.finished" and line.get("task_uuid") == task["taskUUID"]
+        ),
     )
     assert line["job_try"] == 2
     api.close()

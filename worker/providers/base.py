@@ -77,8 +77,9 @@ class Adapter(Protocol):
 
     name: str
 
-    def stream(self, client: httpx.AsyncClient, call: UpstreamCall) -> AsyncIterator[UpstreamEvent]:
-        ...
+    def stream(
+        self, client: httpx.AsyncClient, call: UpstreamCall
+    ) -> AsyncIterator[UpstreamEvent]: ...
 
 
 # --- shared HTTP failure translation (messages never quote upstream bodies or secrets)
@@ -107,7 +108,8 @@ def error_for_status(response: httpx.Response) -> UpstreamError:
     if status == 429:
         return UpstreamRateLimited(
             "The model provider is rate limiting requests; try again later.",
-            http_status=status, retry_after=retry_after,
+            http_status=status,
+            retry_after=retry_after,
         )
     if status in (408, 504):
         return UpstreamTimeout(
@@ -116,7 +118,8 @@ def error_for_status(response: httpx.Response) -> UpstreamError:
     if status >= 500:
         return UpstreamServerError(
             f"The model provider failed (HTTP {status}).",
-            http_status=status, retry_after=retry_after,
+            http_status=status,
+            retry_after=retry_after,
         )
     if status in (401, 403):
         return UpstreamRejected(

@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions upstream (OpenAI, Vivgrid, OpenRouter and compatible servers), streamed."""
+"""OpenAI Chat Completions upstream (OpenAI, Vivgrid, OpenRouter, compatible servers), streamed."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from worker.providers.base import (
     error_for_transport,
     request_timeout,
 )
+
 
 class _Loose(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -186,7 +187,8 @@ def events_of_chunk(chunk: _Chunk) -> list[UpstreamEvent]:
                 cached_tokens=(usage.prompt_tokens_details or _PromptDetails()).cached_tokens or 0,
                 reasoning_tokens=(
                     usage.completion_tokens_details or _CompletionDetails()
-                ).reasoning_tokens or 0,
+                ).reasoning_tokens
+                or 0,
             )
         )
     return events
@@ -217,7 +219,10 @@ class OpenAIChatAdapter:
         url = f"{call.route.base_url}/chat/completions"
         try:
             async with client.stream(
-                "POST", url, json=build_body(call), headers=headers,
+                "POST",
+                url,
+                json=build_body(call),
+                headers=headers,
                 timeout=request_timeout(call.route, self._connect_timeout_s),
             ) as response:
                 if response.status_code >= 400:

@@ -1,0 +1,151 @@
+"""The event hub and event streams against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from core.events import RESYNC, Event, EventHub, follow
+from core.store import Keys, TaskRef, TaskStore
+from devenv.redis import RedisServer
+
+
+@pytest.fixture
+async def redis_async(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def hub(redis_async: aioredis.Redis) -> AsyncIterator[EventHub]:
+    events = EventHub(redis_async, unsubscribe_after_s=0.2)
+    await events.start()
+    yield events
+    await events.close()
+
+
+@pytest.fixture
+def store(redis_async: aioredis.Redis) -> TaskStore:
+    return TaskStore(redis_async, Keys("tw", "tw:queue"), retention_s=3600)
+
+
+def new_ref() -> TaskRef:
+    return TaskRef("owner1", str(uuid.uuid4()))
+
+
+async def pubsub_clients(client: aioredis.Redis) -> int:
+    clients = await client.client_list()
+    return sum(1 for c in clients if int(c.get("sub", 0)) > 0)
+
+
+async def test_live_events_arrive_in_order(hub: EventHub, store: TaskStore) -> None:
+    ref = new_ref()
+    async with hub.subscribe(store.keys.events(ref)) as sub:
+        await sub.ready()
+        ids = await store.append_events(ref, [{"n": i} for i in range(5)])
+        got = [await asyncio.wait_for(sub.get(), 5) for _ in range(5)]
+    assert [g.id for g in got] == ids  # type: ignore[union-attr]
+    assert [g.data["n"] for g in got] == list(range(5))  # type: ignore[union-attr]
+
+
+async def test_many_waiters_share_one_connection(
+    hub: EventHub, store: TaskStore, redis_async: aioredis.Redis
+) -> None:
+    refs = [new_ref() for _ in range(300)]
+    async with asyncio.timeout(20):
+        subs = []
+        contexts = [hub.subscribe(store.keys.events(ref)) for ref in refs]
+        for context in contexts:
+            subs.append(await context.__aenter__())
+        await asyncio.gather(*(sub.ready() for sub in subs))
+        assert await pubsub_clients(redis_async) == 1
+        for ref in refs:
+            await store.append_events(ref, [{"for": ref.uuid}])
+        for ref, sub in zip(refs, subs, strict=True):
+            event = await sub.get()
+            assert isinstance(event, Event)
+            assert event.data == {"for": ref.uuid}
+        for context in contexts:
+            await context.__aexit__(None, None, None)
+    assert hub.subscriber_count == 0
+
+
+async def test_follow_replays_then_goes_live_without_gap_or_duplicate(
+    hub: EventHub, store: TaskStore
+) -> None:
+    ref = new_ref()
+    first = await store.append_events(ref, [{"n": i} for i in range(3)])
+    seen: list[int] = []
+
+    async def reader() -> None:
+        async for event in follow(hub, store, ref):
+            seen.append(event.data["n"])
+            if len(seen) == 8:
+                return
+
+    task = asyncio.create_task(reader())
+    for i in range(3, 8):
+        await store.append_events(ref, [{"n": i}])
+    await asyncio.wait_for(task, 10)
+    assert seen == list(range(8))
+    # resuming after an id gives exactly what came after it
+    resumed: list[int] = []
+    async for event in follow(hub, store, ref, after=first[1]):
+        resumed.append(event.data["n"])
+        if len(resumed) == 6:
+            break
+    assert resumed == list(range(2, 8))
+
+
+async def test_reconnect_resyncs_without_loss(
+    hub: EventHub, store: TaskStore, redis_async: aioredis.Redis
+) -> None:
+    ref = new_ref()
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        async for event in follow(hub, store, ref):
+            seen.append(event.data["n"])
+            if len(seen) == 40:
+                done.set()
+                return
+
+    task = asyncio.create_task(reader())
+    for i in range(40):
+        await store.append_events(ref, [{"n": i}])
+        if i == 15:
+            await redis_async.client_kill_filter(_type="pubsub")
+    await asyncio.wait_for(done.wait(), 15)
+    await task
+    assert seen == list(range(40))
+
+
+async def test_a_reader_that_falls_behind_gets_resync(hub: EventHub, store: TaskStore) -> None:
+    ref = new_ref()
+    async with hub.subscribe(store.keys.events(ref)) as sub:
+        await sub.ready()
+        await store.append_events(ref, [{"n": i} for i in range(1100)])  # queue holds 1024
+        await asyncio.sleep(0.2)  # let the hub deliver (and overflow) before reading
+        assert await sub.get() is RESYNC
+
+
+async def test_idle_channels_are_unsubscribed(
+    hub: EventHub, store: TaskStore, redis_async: aioredis.Redis
+) -> None:
+    ref = new_ref()
+    channel = store.keys.events(ref)
+    async with hub.subscribe(channel) as sub:
+        await sub.ready()
+        assert dict(await redis_async.pubsub_numsub(channel))[channel.encode()] == 1
+
+    async def gone() -> None:
+        while dict(await redis_async.pubsub_numsub(channel))[channel.encode()] != 0:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(gone(), 5)
