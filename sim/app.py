@@ -159,7 +159,7 @@ async def chat_completions(request: Request) -> Response:
         include_usage = bool(options.get("include_usage"))
         return sse_response(completion_chunks(model, texts, choices, scenario, include_usage))
     if scenario.hang or scenario.hang_after is not None:
-        while not await request.is_disconnected():
+        while not await request.is_disconnected():  # noqa: ASYNC110 (ASGI has no event)
             await asyncio.sleep(0.2)
         return Response(status_code=499)
     if scenario.ttft_ms:

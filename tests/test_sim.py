@@ -108,9 +108,11 @@ def test_stop_sequences(client: openai.OpenAI) -> None:
 
 
 def test_bearer_auth(sim_url: str) -> None:
-    with openai.OpenAI(base_url=f"{sim_url}/v1", api_key="wrong", max_retries=0) as bad:
-        with pytest.raises(openai.AuthenticationError):
-            bad.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    with (
+        openai.OpenAI(base_url=f"{sim_url}/v1", api_key="wrong", max_retries=0) as bad,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        bad.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     response = httpx.post(f"{sim_url}/v1/chat/completions", json={"model": "m"})
     assert response.status_code == 401
 
@@ -147,18 +149,19 @@ def test_dropped_stream_breaks_the_response(sim_url: str) -> None:
         "stream": True,
         "messages": [{"role": "user", "content": "[[sim:drop_after=3]]"}],
     }
-    lines = []
-    with (
-        pytest.raises(httpx.RemoteProtocolError),
-        httpx.stream(  # noqa: PT012
+    lines: list[str] = []
+
+    def read_all() -> None:
+        with httpx.stream(
             "POST",
             f"{sim_url}/v1/chat/completions",
             json=body,
             headers={"Authorization": f"Bearer {SIM_KEY}"},
-        ) as response,
-    ):
-        for line in response.iter_lines():
-            lines.append(line)
+        ) as response:
+            lines.extend(response.iter_lines())
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        read_all()
     data = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     contents = [d["choices"][0]["delta"].get("content") for d in data]
     assert len([c for c in contents if c]) == 3

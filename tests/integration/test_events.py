@@ -145,7 +145,7 @@ async def test_idle_channels_are_unsubscribed(
         assert dict(await redis_async.pubsub_numsub(channel))[channel.encode()] == 1
 
     async def gone() -> None:
-        while dict(await redis_async.pubsub_numsub(channel))[channel.encode()] != 0:
+        while dict(await redis_async.pubsub_numsub(channel))[channel.encode()] != 0:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(gone(), 5)
