@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from sim.chat import BadRequest, completion_body, completion_chunks, message_texts, plan_choices
 from sim.scenario import Scenario
-from sim.timing import SimulatedDrop
+from sim.timing import SimulatedDrop, _Flush
 
 # Upstream error bodies carry this marker so tests can prove taskwire never copies them.
 UPSTREAM_SECRET_MARKER = "org-SIMSECRET-7f3a"  # noqa: S105 (a marker, not a secret)
@@ -113,11 +113,19 @@ async def read_json(request: Request) -> dict[str, Any] | Response:
     return body
 
 
-def sse_response(events: AsyncIterator[dict[str, Any] | str]) -> StreamingResponse:
+def sse_response(events: AsyncIterator[dict[str, Any] | str | _Flush]) -> StreamingResponse:
     async def encode() -> AsyncIterator[bytes]:
+        pending: list[str] = []
         async for event in events:
+            if isinstance(event, _Flush):
+                if pending:
+                    yield "".join(pending).encode()
+                    pending = []
+                continue
             payload = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
-            yield f"data: {payload}\n\n".encode()
+            pending.append(f"data: {payload}\n\n")
+        if pending:
+            yield "".join(pending).encode()
 
     return StreamingResponse(
         encode(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}

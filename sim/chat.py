@@ -10,7 +10,7 @@ from typing import Any
 
 from sim.generator import answer_tokens, apply_stop, count_prompt_tokens, reasoning_tokens
 from sim.scenario import Scenario
-from sim.timing import Pacer, SimulatedDrop, hang_forever
+from sim.timing import FLUSH, Pacer, SimulatedDrop, _Flush, hang_forever
 
 
 @dataclass(slots=True)
@@ -117,7 +117,7 @@ async def completion_chunks(
     choices: list[Choice],
     scenario: Scenario,
     include_usage: bool,
-) -> AsyncIterator[dict[str, Any] | str]:
+) -> AsyncIterator[dict[str, Any] | str | _Flush]:
     """The streamed form: `chat.completion.chunk` objects, then "[DONE]"."""
     base = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -139,6 +139,7 @@ async def completion_chunks(
         return body
 
     pacer = Pacer(scenario)
+    paced = scenario.tps > 0
     await pacer.first()
     for c in choices:
         yield chunk(c.index, {"role": "assistant", "content": "", "refusal": None})
@@ -150,9 +151,13 @@ async def completion_chunks(
             elif step - len(c.reasoning) < len(c.tokens):
                 yield chunk(c.index, {"content": c.tokens[step - len(c.reasoning)]})
         if scenario.drop_after is not None and emitted >= scenario.drop_after:
+            yield FLUSH
             raise SimulatedDrop
         if scenario.hang_after is not None and emitted >= scenario.hang_after:
+            yield FLUSH
             await hang_forever()
+        if paced:
+            yield FLUSH
         await pacer.next()
     for c in choices:
         yield chunk(c.index, {}, c.finish_reason)

