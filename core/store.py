@@ -1,4 +1,4 @@
-"""Task records, results, queue entries and events in Redis; the only place that knows key names.
+"""Task records, results and events in Redis.
 
 Every multi-key change is one Lua script, so a task is never half-accepted and a result is
 never half-published: the record, its arq jobs and the wake-up are written together, and a
@@ -15,43 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-# arq's own key layout (arq.constants); jobs are written in arq's format so arq workers run them.
-ARQ_JOB_PREFIX = "arq:job:"
-ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
-ARQ_RETRY_PREFIX = "arq:retry:"
-RUN_RESULT_JOB = "run_result"
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRef:
-    """A task is named by its owner (API key id) and the client's taskUUID."""
-
-    owner: str
-    uuid: str
-
-
-class Keys:
-    """Redis key names. Task keys share a hash tag so one script may touch a task's keys."""
-
-    def __init__(self, prefix: str, queue_name: str):
-        self.prefix = prefix
-        self.queue = queue_name
-        self.wake = f"{queue_name}:wake"
-        self.workers = f"{prefix}:workers"
-
-    def task(self, ref: TaskRef) -> str:
-        return f"{self.prefix}:task:{{{ref.owner}:{ref.uuid}}}"
-
-    def events(self, ref: TaskRef) -> str:
-        return f"{self.prefix}:ev:{{{ref.owner}:{ref.uuid}}}"
-
-    @staticmethod
-    def job_id(ref: TaskRef, index: int) -> str:
-        return f"{ref.owner}:{ref.uuid}:{index}"
-
-    @staticmethod
-    def job(job_id: str) -> str:
-        return ARQ_JOB_PREFIX + job_id
+from core.keys import RUN_RESULT_JOB, Keys, TaskRef
 
 
 @dataclass(slots=True)
@@ -95,6 +59,24 @@ class JobInput:
     number_results: int
     created_ms: float
     existing_result: dict[str, Any] | None
+
+
+# What a job reads of its task record (then its own result slot, "r:<index>").
+JOB_INPUT_FIELDS = ("req", "seeds", "n", "created")
+
+
+def job_input_from(fields: Sequence[bytes | None], index: int) -> JobInput | None:
+    """A JobInput from HMGET of JOB_INPUT_FIELDS + the result slot (None: task gone)."""
+    req, seeds, n, created, existing = fields
+    if req is None or seeds is None or n is None or created is None:
+        return None
+    return JobInput(
+        request=json.loads(req),
+        seed=int(json.loads(seeds)[index]),
+        number_results=int(n),
+        created_ms=float(created),
+        existing_result=json.loads(existing) if existing is not None else None,
+    )
 
 
 @dataclass(slots=True)
@@ -144,9 +126,13 @@ return ids
 """
 )
 
+# Records a final result unless one is there, publishes it after the pending deltas, and
+# settles the arq job (what arq's finish_job would do) in the same step.
 _FINISH = (
     _APPEND_EVENT
     + """
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[3], ARGV[7])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {0} end
 local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
@@ -154,7 +140,7 @@ local errors = redis.call('HINCRBY', KEYS[1], 'errors', tonumber(ARGV[6]))
 local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local created = redis.call('HGET', KEYS[1], 'created')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-for i = 7, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[4], ARGV[5]) end
+for i = 8, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[4], ARGV[5]) end
 local id = append_event(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
 return {1, done, n, id, errors, created}
 """
@@ -263,18 +249,10 @@ class TaskStore:
     # --- worker side
 
     async def load_job_input(self, ref: TaskRef, index: int) -> JobInput | None:
-        req, seeds, n, created, existing = await self.redis.hmget(  # type: ignore[misc]
-            self.keys.task(ref), ["req", "seeds", "n", "created", f"r:{index}"]
+        fields = await self.redis.hmget(  # type: ignore[misc]
+            self.keys.task(ref), [*JOB_INPUT_FIELDS, f"r:{index}"]
         )
-        if req is None:
-            return None
-        return JobInput(
-            request=json.loads(req),
-            seed=int(json.loads(seeds)[index]),
-            number_results=int(n),
-            created_ms=float(created),
-            existing_result=json.loads(existing) if existing is not None else None,
-        )
+        return job_input_from(fields, index)
 
     async def read_events(
         self, ref: TaskRef, after: str = "0-0", page: int = 1000
@@ -307,10 +285,18 @@ class TaskStore:
         event: dict[str, Any],
         pending: Sequence[dict[str, Any]] = (),
     ) -> FinishOutcome:
-        """Record a final result unless one is already there, and publish it after the
-        still-pending delta events, all in one step."""
+        """Record a final result unless one is already there, publish it after the
+        still-pending delta events, and settle the result's arq job, all in one step."""
+        job_id = self.keys.job_id(ref, index)
         reply = await self._finish(
-            keys=[self.keys.task(ref), self.keys.events(ref)],
+            keys=[
+                self.keys.task(ref),
+                self.keys.events(ref),
+                self.keys.queue,
+                self.keys.job(job_id),
+                self.keys.in_progress(job_id),
+                self.keys.retry(job_id),
+            ],
             args=[
                 f"r:{index}",
                 _dumps(item),
@@ -318,6 +304,7 @@ class TaskStore:
                 self.retention_s,
                 self.event_maxlen,
                 1 if item.get("status") == "error" else 0,
+                job_id,
                 *(_dumps(p) for p in pending),
             ],
         )

@@ -16,9 +16,10 @@ from starlette.exceptions import HTTPException
 from core.catalog import Catalog
 from core.errors import InvalidRequest, ServiceUnavailable, TaskwireError
 from core.events import EventHub
+from core.keys import Keys
 from core.logging import configure_logging
 from core.settings import Settings
-from core.store import Keys, TaskStore
+from core.store import TaskStore
 from service.api import error_response, json_response, router
 from service.auth import KeyRing
 from service.state import AppState

@@ -19,6 +19,7 @@ from core.errors import (
     TaskwireError,
 )
 from core.events import EventHub, Subscription
+from core.keys import TaskRef
 from core.protocol import (
     GetResponseTask,
     PingTask,
@@ -29,7 +30,7 @@ from core.protocol import (
     processing_item,
 )
 from core.settings import Settings
-from core.store import NewTask, TaskRef, TaskStore
+from core.store import NewTask, TaskStore
 from service.delivery import collect_results, result_items, watching
 
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from core.errors import ServiceUnavailable
 from core.events import RESYNC, EventHub, Subscription
+from core.keys import TaskRef
 from core.protocol import processing_item
-from core.store import TaskRef, TaskStore
+from core.store import TaskStore
 
 SUBSCRIBE_TIMEOUT_S = 5.0
 

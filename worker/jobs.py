@@ -10,9 +10,10 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
+from core.keys import TaskRef
 from core.protocol import TextInferenceTask, error_item
 from core.settings import Settings
-from core.store import FinishOutcome, TaskRef, TaskStore
+from core.store import FinishOutcome, JobInput, TaskStore
 from worker.inference import Inference, InferenceOutcome
 from worker.publisher import ResultPublisher
 
@@ -36,7 +37,12 @@ async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int
     with structlog.contextvars.bound_contextvars(
         task_uuid=task_uuid, result_index=index, job_try=job_try
     ):
-        job = await deps.store.load_job_input(ref, index)
+        job_id: str = ctx["job_id"]
+        prefetched: dict[str, JobInput | None] = ctx["prefetched"]
+        if job_id in prefetched:
+            job = prefetched.pop(job_id)
+        else:
+            job = await deps.store.load_job_input(ref, index)
         if job is None:
             log.warning("result.task_gone")
             return
@@ -51,6 +57,7 @@ async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int
         try:
             outcome = await _produce(deps, task, index, job.seed, publisher, job_try)
             finish = await _finish(deps.store, publisher, outcome.item)
+            ctx["settled"].add(job_id)
         except BaseException:
             publisher.close()
             raise

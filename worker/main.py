@@ -15,9 +15,11 @@ from arq.worker import func
 from redis.asyncio import ConnectionPool
 
 from core.catalog import Catalog
+from core.keys import RUN_RESULT_JOB, Keys
 from core.logging import configure_logging
+from core.queue import JobQueue
 from core.settings import Settings
-from core.store import RUN_RESULT_JOB, Keys, TaskStore
+from core.store import TaskStore
 from worker.inference import Inference
 from worker.jobs import WorkerDeps, run_result
 from worker.providers.base import Adapter
@@ -110,8 +112,7 @@ def build_worker(settings: Settings) -> QueueWorker:
         job_serializer=json_serializer,
         job_deserializer=json_deserializer,
         ctx={"settings": settings},
-        lease_s=settings.job_lease_s,
-        wake_channel=keys.wake,
+        job_queue=JobQueue(redis, keys, settings.job_lease_s),
         worker_key=f"{keys.workers}:{socket.gethostname()}:{os.getpid()}",
     )
 

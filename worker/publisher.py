@@ -10,7 +10,8 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from core.store import FinishOutcome, TaskRef, TaskStore
+from core.keys import TaskRef
+from core.store import FinishOutcome, TaskStore
 
 log = structlog.get_logger("taskwire.publisher")
 

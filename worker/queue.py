@@ -5,10 +5,11 @@ job's in-progress key for the whole job timeout, and exits on the first Redis er
 
 * **Wake-ups, not polling.** Enqueuers publish on `<queue>:wake`; the worker waits on that
   (with a slow fallback poll), so a job starts within a millisecond or two of its enqueue.
-* **Leases.** Claiming a job sets its in-progress key for `lease_s` and moves the job's queue
-  score to `now + lease` (one Lua call for a whole batch). The worker renews both while the
-  job runs. A SIGKILLed worker's jobs become visible again when the lease runs out, whatever
-  the job timeout; and a queue read never has to skip over jobs that are already running.
+* **Leases** (core.queue): one Lua call claims a batch of due jobs, each with a lease the
+  worker renews while the job runs, and prefetches their task records. A SIGKILLed
+  worker's jobs become visible again when the lease runs out, whatever the job timeout.
+* **Settled by the job.** A result job settles its arq job in the same script that records
+  its result, so arq's own finish round trip is skipped for it.
 * **Redis outages are survived.** Errors in the loop are logged and retried with backoff;
   the wake-up subscription reconnects by itself.
 * **Graceful stop.** SIGTERM stops claiming, lets running jobs finish within the grace
@@ -27,63 +28,30 @@ import structlog
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from core.store import ARQ_IN_PROGRESS_PREFIX
+from core.queue import JobQueue
+from core.store import JobInput
 
 log = structlog.get_logger("taskwire.worker")
-
-# Claim up to ARGV[3] ready jobs: lock each (in-progress key, NX) and push its score to the
-# lease end, so it is invisible to other readers until the lease lapses. Returns id, score pairs.
-_CLAIM = """
-local now = tonumber(ARGV[1])
-local lease = tonumber(ARGV[2])
-local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[3])
-local claimed = {}
-for i = 1, #ready, 2 do
-  local id = ready[i]
-  if redis.call('SET', ARGV[4] .. id, '1', 'NX', 'PX', lease) then
-    redis.call('ZADD', KEYS[1], now + lease, id)
-    claimed[#claimed + 1] = id
-    claimed[#claimed + 1] = ready[i + 1]
-  end
-end
-return claimed
-"""
-
-# Extend the leases of jobs still running here (ARGV[4..]); a job already finished is skipped.
-_RENEW = """
-local now = tonumber(ARGV[1])
-local lease = tonumber(ARGV[2])
-for i = 4, #ARGV do
-  if redis.call('PEXPIRE', ARGV[3] .. ARGV[i], lease) == 1 then
-    redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i])
-  end
-end
-return 1
-"""
 
 
 class QueueWorker(Worker):
     """arq Worker woken by pub/sub, with leased claims and Redis-outage survival."""
 
-    def __init__(
-        self,
-        *,
-        lease_s: float,
-        wake_channel: str,
-        worker_key: str,
-        **kwargs: Any,
-    ):
+    def __init__(self, *, job_queue: JobQueue, worker_key: str, **kwargs: Any):
         super().__init__(**kwargs)
+        self.job_queue = job_queue
         # arq sets in-progress keys for job_timeout + 10 s; ours are leases, renewed below.
-        self.in_progress_timeout_s = lease_s
-        self._lease_ms = int(lease_s * 1000)
-        self._wake_channel = wake_channel
+        self.in_progress_timeout_s = job_queue.lease_ms / 1000
         self._worker_key = worker_key
         self._wake: asyncio.Event | None = None
         self._saturated = False
-        self._claim: Any = None
-        self._renew: Any = None
         self._background: list[asyncio.Task[None]] = []
+        # Shared with jobs through ctx: task records read at claim time, and the jobs that
+        # settled themselves (recorded their result and removed their arq job).
+        self.prefetched: dict[str, JobInput | None] = {}
+        self.settled: set[str] = set()
+        self.ctx["prefetched"] = self.prefetched
+        self.ctx["settled"] = self.settled
 
     # --- main loop
 
@@ -91,8 +59,6 @@ class QueueWorker(Worker):
         self._wake = asyncio.Event()
         await self._wait_for_redis()
         self.ctx["redis"] = self.pool
-        self._claim = self.pool.register_script(_CLAIM)
-        self._renew = self.pool.register_script(_RENEW)
         if self.on_startup:
             await self.on_startup(self.ctx)
         await self._register()
@@ -144,14 +110,11 @@ class QueueWorker(Worker):
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             free = self.max_jobs - self.job_counter
-            now_ms = int(time.time() * 1000)
-            claimed = await self._claim(
-                keys=[self.queue_name],
-                args=[now_ms, self._lease_ms, free, ARQ_IN_PROGRESS_PREFIX],
-            )
-            for i in range(0, len(claimed), 2):
-                self._start(claimed[i].decode(), int(float(claimed[i + 1])))
-            self._saturated = len(claimed) // 2 >= free
+            claimed = await self.job_queue.claim(free)
+            for job in claimed:
+                self.prefetched[job.job_id] = job.job_input
+                self._start(job.job_id, job.score)
+            self._saturated = len(claimed) >= free
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
@@ -168,11 +131,13 @@ class QueueWorker(Worker):
     def _start(self, job_id: str, score: int) -> None:
         self.job_counter += 1
         task = self.loop.create_task(self.run_job(job_id, score))
-        task.add_done_callback(self._job_done)
+        task.add_done_callback(lambda _task: self._job_done(job_id))
         self.tasks[job_id] = task
 
-    def _job_done(self, _task: asyncio.Task[Any]) -> None:
+    def _job_done(self, job_id: str) -> None:
         self.job_counter -= 1
+        self.prefetched.pop(job_id, None)
+        self.settled.discard(job_id)
         if self._saturated and self._wake is not None:
             self._wake.set()
 
@@ -184,7 +149,7 @@ class QueueWorker(Worker):
         while True:
             try:
                 async with self.pool.pubsub() as pubsub:
-                    await pubsub.subscribe(self._wake_channel)
+                    await pubsub.subscribe(self.job_queue.keys.wake)
                     self._wake.set()  # after a (re)connect, look at the queue at once
                     backoff = 0.05
                     while True:
@@ -203,16 +168,7 @@ class QueueWorker(Worker):
             running = [job_id for job_id, task in self.tasks.items() if not task.done()]
             try:
                 await self._register(len(running))
-                if running:
-                    await self._renew(
-                        keys=[self.queue_name],
-                        args=[
-                            int(time.time() * 1000),
-                            self._lease_ms,
-                            ARQ_IN_PROGRESS_PREFIX,
-                            *running,
-                        ],
-                    )
+                await self.job_queue.renew(running)
             except (RedisError, OSError) as exc:
                 log.warning(
                     "worker.lease_renewal_failed", error=type(exc).__name__, jobs=len(running)

@@ -10,7 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.events import RESYNC, Event, EventHub, follow
-from core.store import Keys, TaskRef, TaskStore
+from core.keys import Keys, TaskRef
+from core.store import TaskStore
 from devenv.redis import RedisServer
 
 

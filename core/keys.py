@@ -1,0 +1,56 @@
+"""Redis key names, arq's included: the one place that spells them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# arq's own key layout (arq.constants): taskwire writes jobs in arq's format and settles them
+# itself, so it must name arq's keys exactly as arq does.
+ARQ_JOB_PREFIX = "arq:job:"
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+ARQ_RETRY_PREFIX = "arq:retry:"
+RUN_RESULT_JOB = "run_result"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """A task is named by its owner (API key id) and the client's taskUUID."""
+
+    owner: str
+    uuid: str
+
+
+class Keys:
+    """Key names. A task's keys share a hash tag (`{owner:uuid}`) so one script may use them."""
+
+    def __init__(self, prefix: str, queue_name: str):
+        self.prefix = prefix
+        self.queue = queue_name
+        self.wake = f"{queue_name}:wake"
+        self.workers = f"{prefix}:workers"
+        # A task key is TASK_HEAD + "<owner>:<uuid>" + "}"; Lua scripts that start from a job
+        # id build it from these two parts.
+        self.task_head = f"{prefix}:task:{{"
+
+    def task(self, ref: TaskRef) -> str:
+        return f"{self.task_head}{ref.owner}:{ref.uuid}}}"
+
+    def events(self, ref: TaskRef) -> str:
+        return f"{self.prefix}:ev:{{{ref.owner}:{ref.uuid}}}"
+
+    @staticmethod
+    def job_id(ref: TaskRef, index: int) -> str:
+        """arq job id of result `index`: "<owner>:<uuid>:<index>"."""
+        return f"{ref.owner}:{ref.uuid}:{index}"
+
+    @staticmethod
+    def job(job_id: str) -> str:
+        return ARQ_JOB_PREFIX + job_id
+
+    @staticmethod
+    def in_progress(job_id: str) -> str:
+        return ARQ_IN_PROGRESS_PREFIX + job_id
+
+    @staticmethod
+    def retry(job_id: str) -> str:
+        return ARQ_RETRY_PREFIX + job_id
