@@ -58,13 +58,18 @@ async def run(args: argparse.Namespace) -> str:
         )
         print("async throughput ...", flush=True)
         direct = await foundation.direct_throughput(stack, args.tasks)
-        through = await foundation.async_throughput(stack, args.tasks)
-        sections.append(
-            "### Async throughput, zero-latency simulator\n\n"
-            + foundation.throughput_table(through, direct)
-        )
+        one_worker = await foundation.async_throughput(stack, args.tasks)
     finally:
         stack.stop()
+    stack = start_stack(workers=2)
+    try:
+        two_workers = await foundation.async_throughput(stack, args.tasks)
+    finally:
+        stack.stop()
+    sections.append(
+        "### Async throughput, zero-latency simulator\n\n"
+        + foundation.throughput_table({1: one_worker, 2: two_workers}, direct)
+    )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"Measured {stamp} on {machine()}.\n\n" + "\n\n".join(sections) + "\n"
 

@@ -204,23 +204,33 @@ def queue_table(runs: list[dict[str, Any]]) -> str:
     )
 
 
-def throughput_table(async_run: dict[str, Any], direct_run: dict[str, Any]) -> str:
-    return table(
-        ["path", "tasks", "seconds", "tasks/s", "failures"],
+def throughput_table(runs: dict[int, dict[str, Any]], direct_run: dict[str, Any]) -> str:
+    rows: list[list[Any]] = [
         [
-            [
-                "taskwire async (batches of 50, 4 submitters)",
-                async_run["total"],
-                async_run["seconds"],
-                async_run["rate"],
-                async_run["failures"],
-            ],
-            [
-                "direct to simulator (1 client, 64 concurrent)",
-                direct_run["total"],
-                direct_run["seconds"],
-                direct_run["rate"],
-                0,
-            ],
+            f"taskwire async, {workers} worker process{'es' if workers > 1 else ''}",
+            run["total"],
+            run["seconds"],
+            run["rate"],
+            run["failures"],
+        ]
+        for workers, run in runs.items()
+    ]
+    rows.append(
+        [
+            "direct to simulator, 1 client process, 64 concurrent",
+            direct_run["total"],
+            direct_run["seconds"],
+            direct_run["rate"],
+            0,
+        ]
+    )
+    return table(
+        [
+            "path (taskwire: batches of 50 tasks, 4 submitters)",
+            "tasks",
+            "seconds",
+            "tasks/s",
+            "failures",
         ],
+        rows,
     )

@@ -31,7 +31,7 @@ from core.protocol import (
 )
 from core.settings import Settings
 from core.store import NewTask, TaskStore
-from service.delivery import collect_results, result_items, watching
+from service.delivery import collect_results, confirmed, result_items, watching
 
 
 @dataclass(eq=False)
@@ -93,6 +93,12 @@ class Batch:
         self.slots: list[Slot] = []
 
     async def run(self, raw_tasks: list[Any]) -> list[Slot]:
+        async with contextlib.AsyncExitStack() as subscriptions:
+            return await self._run(raw_tasks, subscriptions)
+
+    async def _run(
+        self, raw_tasks: list[Any], subscriptions: contextlib.AsyncExitStack
+    ) -> list[Slot]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.sync_timeout_s
         inference: list[_Inference] = []
@@ -110,8 +116,17 @@ class Batch:
             elif isinstance(slot.task, GetResponseTask):
                 lookups.append(slot)
             elif isinstance(slot.task, TextInferenceTask):
+                # A sync task's subscription starts now, so Redis confirms it while the rest
+                # of the request is checked; results can then only arrive after it is live.
+                sub = None
+                if slot.task.deliveryMethod == "sync":
+                    ref = TaskRef(self.owner, slot.task.taskUUID)
+                    sub = await subscriptions.enter_async_context(
+                        watching(self.hub, self.store, ref)
+                    )
                 prepared = self._prepare(slot, slot.task)
                 if prepared is not None:
+                    prepared.sub = sub
                     inference.append(prepared)
             else:
                 slot.errors.append(
@@ -160,39 +175,35 @@ class Batch:
         return _Inference(slot, task, ref, new)
 
     async def _submit(self, work: list[_Inference], deadline: float) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            # Subscribe to sync tasks' events as the tasks are enqueued: results published
-            # after the subscription is confirmed arrive on it, and whatever came before is
-            # read once after confirmation (see collect_results).
-            for w in work:
-                if w.task.deliveryMethod == "sync":
-                    w.sub = await stack.enter_async_context(watching(self.hub, self.store, w.ref))
-            outcomes = await self.store.submit([w.new for w in work])
-            waits = []
-            for w, outcome in zip(work, outcomes, strict=True):
-                if outcome.queue_full:
-                    w.slot.errors.append(
-                        ServiceUnavailable(
-                            "The queue is full; try again shortly.", code="queueFull", retry_after=5
-                        )
+        await asyncio.gather(*(confirmed(w.sub) for w in work if w.sub is not None))
+        outcomes = await self.store.submit([w.new for w in work])
+        waits = []
+        for w, outcome in zip(work, outcomes, strict=True):
+            if outcome.queue_full:
+                w.slot.errors.append(
+                    ServiceUnavailable(
+                        "The queue is full; try again shortly.", code="queueFull", retry_after=5
                     )
-                elif not outcome.created and outcome.existing_fingerprint != w.new.fingerprint:
-                    w.slot.errors.append(
-                        TaskConflict(
-                            "This taskUUID was already used with a different request body; "
-                            "use a new taskUUID for new work.",
-                            parameter="taskUUID",
-                        )
+                )
+            elif not outcome.created and outcome.existing_fingerprint != w.new.fingerprint:
+                w.slot.errors.append(
+                    TaskConflict(
+                        "This taskUUID was already used with a different request body; "
+                        "use a new taskUUID for new work.",
+                        parameter="taskUUID",
                     )
-                else:
-                    # New, or the same body again (no new work): answer with its state.
-                    waits.append(self._answer(w, outcome.created, deadline))
-            await asyncio.gather(*waits)
+                )
+            else:
+                # New, or the same body again (no new work): answer with its state.
+                waits.append(self._answer(w, outcome.created, deadline))
+        await asyncio.gather(*waits)
 
     async def _answer(self, w: _Inference, created: bool, deadline: float) -> None:
         if w.sub is not None:
+            # A new task's subscription was live before it was enqueued: every result will
+            # arrive on it. An existing task may have results already: read them first.
             results = await collect_results(
-                w.sub, self.store, w.ref, w.task.numberResults, deadline
+                w.sub, self.store, w.ref, w.task.numberResults, deadline, read_first=not created
             )
             w.slot.items.extend(result_items(w.task.taskUUID, w.task.numberResults, results))
             w.slot.pending_sync = len(results) < w.task.numberResults

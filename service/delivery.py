@@ -18,10 +18,18 @@ SUBSCRIBE_TIMEOUT_S = 5.0
 
 @contextlib.asynccontextmanager
 async def watching(hub: EventHub, store: TaskStore, ref: TaskRef) -> AsyncIterator[Subscription]:
-    """A subscription to a task's events. SUBSCRIBE is sent, not yet confirmed: callers
-    confirm it (`collect_results` does) once their own writes are on their way."""
+    """A subscription to a task's events. SUBSCRIBE is sent, not yet confirmed."""
     async with hub.subscribe(store.keys.events(ref)) as sub:
         yield sub
+
+
+async def confirmed(sub: Subscription) -> None:
+    """Wait until Redis confirms the subscription: from then on, nothing published is missed."""
+    try:
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            await sub.ready()
+    except TimeoutError:
+        raise ServiceUnavailable("Task events are unavailable (Redis unreachable).") from None
 
 
 async def collect_results(
@@ -30,20 +38,19 @@ async def collect_results(
     ref: TaskRef,
     number_results: int,
     deadline: float,
+    *,
+    read_first: bool,
 ) -> dict[int, dict[str, Any]]:
     """Final results of a task as they land, until all are in or the loop time `deadline`.
 
-    Once Redis confirms the subscription, every later event arrives on it; what was stored
-    before is read once, right after (the read overlaps the worker's own work, so it costs
-    no waiting). Otherwise no Redis command is sent while waiting, except a re-read of the
-    record when the hub reconnected or this reader fell behind.
+    `sub` must be confirmed. With `read_first`, results stored before the subscription was
+    live are read once (a task enqueued only after confirmation needs no read). No Redis
+    command is sent while waiting, except a re-read of the record when the hub reconnected
+    or this reader fell behind.
     """
-    try:
-        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-            await sub.ready()
-    except TimeoutError:
-        raise ServiceUnavailable("Task events are unavailable (Redis unreachable).") from None
-    sub.request_resync()
+    await confirmed(sub)
+    if read_first:
+        sub.request_resync()
     results: dict[int, dict[str, Any]] = {}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout_at(deadline):

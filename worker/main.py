@@ -40,7 +40,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     client = httpx.AsyncClient(
         limits=httpx.Limits(
             max_connections=settings.upstream_max_connections,
-            max_keepalive_connections=min(settings.upstream_max_connections, 200),
+            max_keepalive_connections=settings.upstream_max_connections,
         ),
         timeout=httpx.Timeout(60.0, connect=settings.upstream_connect_timeout_s),
         follow_redirects=False,

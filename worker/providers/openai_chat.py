@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import UpstreamStreamBroken
@@ -24,6 +23,7 @@ from worker.providers.base import (
     error_for_transport,
     request_timeout,
 )
+from worker.providers.sse import aiter_sse
 
 
 class _Loose(BaseModel):
@@ -233,7 +233,7 @@ class OpenAIChatAdapter:
                         yield event
                     return
                 finished = False
-                async for sse in EventSource(response).aiter_sse():
+                async for sse in aiter_sse(response):
                     if sse.data == "[DONE]":
                         if not finished:
                             raise UpstreamStreamBroken("The model provider's stream ended early.")
