@@ -14,7 +14,7 @@ STREAMS = [
     b"data: one\n\ndata: two\n\n",
     b"data: one\r\n\r\ndata: two\r\n\r\n",
     b"data: one\r\rdata: two\r\r",
-    b": keep-alive\n\nevent: delta\ndata: {\"a\": 1}\n\n",
+    b': keep-alive\n\nevent: delta\ndata: {"a": 1}\n\n',
     b"data: line1\ndata: line2\n\ndata:no-space\n\n",
     b"id: 7\nretry: 100\ndata: x\n\n: comment only\n\n",
     b"data: [DONE]\n\n",
@@ -32,8 +32,9 @@ class _Chunked(httpx.AsyncByteStream):
 
 
 def _response(parts: list[bytes]) -> httpx.Response:
-    return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                          stream=_Chunked(parts))
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=_Chunked(parts)
+    )
 
 
 def _split(data: bytes, rng: random.Random) -> list[bytes]:
