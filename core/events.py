@@ -10,6 +10,7 @@ dropping ids it has seen: no gap, no duplicate, and no Redis connection per read
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import uuid
@@ -253,28 +254,62 @@ class EventHub:
                         del self._channels[name]
 
 
+class TaskEvents:
+    """A task's events after an id, in order and once each: what storage holds first, then
+    live ones. `sub` must be confirmed before the first `next()`; `replay=False` skips the
+    storage read for a task enqueued only after that (it cannot have events before)."""
+
+    def __init__(
+        self,
+        sub: Subscription,
+        store: TaskStore,
+        ref: TaskRef,
+        after: str = "0-0",
+        *,
+        replay: bool = True,
+    ):
+        self._sub = sub
+        self._store = store
+        self._ref = ref
+        self._last = stream_id_order(after)
+        self._buffer: collections.deque[Event] = collections.deque()
+        if replay:
+            sub.request_resync()
+
+    @property
+    def last_id(self) -> str:
+        return f"{self._last[0]}-{self._last[1]}"
+
+    async def next(self) -> Event:
+        """The next event; safe to cancel (a timeout loses nothing)."""
+        while not self._buffer:
+            item = await self._sub.get()
+            if isinstance(item, _Resync):
+                try:
+                    stored = await self._store.read_events(self._ref, after=self.last_id)
+                except BaseException:
+                    self._sub.request_resync()  # not read: read again next time
+                    raise
+                self._buffer.extend(Event(event_id, data) for event_id, data in stored)
+            elif item.order > self._last and (
+                not self._buffer or item.order > self._buffer[-1].order
+            ):
+                self._buffer.append(item)
+            if self._buffer:
+                # a live event may repeat one just read from storage
+                while self._buffer and self._buffer[0].order <= self._last:
+                    self._buffer.popleft()
+        event = self._buffer.popleft()
+        self._last = event.order
+        return event
+
+
 async def follow(
     hub: EventHub, store: TaskStore, ref: TaskRef, after: str = "0-0"
 ) -> AsyncIterator[Event]:
-    """Every event of a task after the id `after`: stored ones first, then live ones, in
-    order, each once. Runs until the caller stops iterating."""
+    """Every event of a task after the id `after`, until the caller stops iterating."""
     async with hub.subscribe(store.keys.events(ref)) as sub:
         await sub.ready()
-        last = stream_id_order(after)
-        sub.request_resync()
+        events = TaskEvents(sub, store, ref, after)
         while True:
-            item = await sub.get()
-            if isinstance(item, _Resync):
-                for event_id, data in await store.read_events(ref, after=_id_of(last)):
-                    event = Event(event_id, data)
-                    last = event.order
-                    yield event
-                continue
-            if item.order <= last:
-                continue
-            last = item.order
-            yield item
-
-
-def _id_of(order: tuple[int, int]) -> str:
-    return f"{order[0]}-{order[1]}"
+            yield await events.next()

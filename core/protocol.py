@@ -18,11 +18,13 @@ from pydantic import (
 from core.errors import InvalidRequest
 
 MAX_SEED = 2**63 - 1
-_UUID_V4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+TASK_UUID_PATTERN = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+)
 
 
 def _check_task_uuid(value: str) -> str:
-    if not _UUID_V4.fullmatch(value):
+    if not TASK_UUID_PATTERN.fullmatch(value):
         raise ValueError(
             "must be a UUID v4 in canonical lower-case hyphenated form, "
             "e.g. 3f2b6c1e-7d4a-4e9b-9a1c-2b7e5d8f0a13"

@@ -32,6 +32,20 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(default=200_000, ge=1)
     catalog_path: Path = PROJECT_ROOT / "deploy" / "models.toml"
 
+    # --- event streams and server-sent events
+    # Deltas are appended when this much text has gathered or this long has passed since the
+    # oldest unsent one (the first delta of a streamed result goes at once).
+    stream_flush_interval_s: float = Field(default=0.1, ge=0)
+    stream_flush_chars: int = Field(default=1024, ge=1)
+    event_stream_maxlen: int = Field(default=10_000, ge=100)
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    # A re-attached (GET) event stream is closed after this long; EventSource clients
+    # reconnect with Last-Event-ID and resume where they were.
+    sse_max_lifetime_s: float = Field(default=300.0, gt=0)
+    stream_token_ttl_s: int = Field(default=3600, ge=1)
+    # Signs streamURL tokens. Unset: a random secret kept in Redis, shared by all API processes.
+    stream_token_secret: SecretStr | None = None
+
     # --- worker
     worker_max_jobs: int = Field(default=500, ge=1)
     job_timeout_s: float = Field(default=600.0, gt=0)

@@ -13,6 +13,7 @@ from core.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable, Tas
 from core.protocol import AuthenticationTask, TaskErrors, parse_task
 from service.batch import Batch, Slot
 from service.state import AppState, get_state
+from service.streaming import sse_body, sse_response
 
 router = APIRouter()
 State = Annotated[AppState, Depends(get_state)]
@@ -72,11 +73,14 @@ def parse_envelope(body: bytes) -> list[Any]:
     return tasks
 
 
+def bearer_key(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def split_authentication(request: Request, tasks: list[Any]) -> tuple[str | None, list[Any]]:
     """The API key (header, or a leading authentication task) and the remaining tasks."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    header_key = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    header_key = bearer_key(request)
     first = tasks[0]
     if isinstance(first, dict) and first.get("taskType") == "authentication":
         try:
@@ -127,8 +131,20 @@ async def post_tasks(request: Request, state: State) -> Response:
             catalog=state.catalog,
             store=state.store,
             hub=state.hub,
+            tokens=state.tokens,
         )
-        return batch_response(await batch.run(tasks))
+        slots = await batch.run(tasks)
+        stream = next((slot.stream for slot in slots if slot.stream is not None), None)
+        if stream is not None:
+            return sse_response(
+                sse_body(
+                    stream.events,
+                    stream.renderer,
+                    keepalive_s=state.settings.sse_keepalive_s,
+                    cleanup=stream.cleanup,
+                )
+            )
+        return batch_response(slots)
     except TaskwireError as exc:
         return error_response(exc)
     except (RedisError, OSError):

@@ -22,7 +22,9 @@ from core.settings import Settings
 from core.store import TaskStore
 from service.api import error_response, json_response, router
 from service.auth import KeyRing
+from service.events_api import router as events_router
 from service.state import AppState
+from service.tokens import StreamTokens, load_secret
 
 log = structlog.get_logger("taskwire.service")
 
@@ -46,10 +48,12 @@ def create_app(settings: Settings) -> FastAPI:
             Keys(settings.key_prefix, settings.queue_name),
             retention_s=settings.task_retention_s,
             max_queue_depth=settings.max_queue_depth,
+            event_maxlen=settings.event_stream_maxlen,
         )
         hub = EventHub(redis)
         await hub.start()
-        app.state.taskwire = AppState(settings, catalog, keyring, redis, store, hub)
+        tokens = StreamTokens(await load_secret(redis, settings), settings.stream_token_ttl_s)
+        app.state.taskwire = AppState(settings, catalog, keyring, redis, store, hub, tokens)
         log.info("service.started", models=catalog.ids(), api_keys=len(keyring))
         try:
             yield
@@ -65,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(router)
+    app.include_router(events_router)
 
     @app.get("/health")
     async def health(request: Request) -> Response:

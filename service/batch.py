@@ -18,7 +18,7 @@ from core.errors import (
     TaskNotFound,
     TaskwireError,
 )
-from core.events import EventHub, Subscription
+from core.events import EventHub, Subscription, TaskEvents
 from core.keys import TaskRef
 from core.protocol import (
     GetResponseTask,
@@ -32,6 +32,8 @@ from core.protocol import (
 from core.settings import Settings
 from core.store import NewTask, TaskStore
 from service.delivery import collect_results, confirmed, result_items, watching
+from service.streaming import ChunkRenderer
+from service.tokens import StreamTokens
 
 
 @dataclass(eq=False)
@@ -43,6 +45,7 @@ class Slot:
     items: list[dict[str, Any]] = field(default_factory=list)
     errors: list[TaskwireError] = field(default_factory=list)
     pending_sync: bool = False  # a sync task whose results were not all final in time
+    stream: StreamPlan | None = None  # a stream task: the response is its event stream
 
     def scope(self) -> dict[str, Any]:
         raw = self.raw if isinstance(self.raw, dict) else {}
@@ -50,6 +53,16 @@ class Slot:
             "taskType": raw.get("taskType") if isinstance(raw.get("taskType"), str) else None,
             "taskUUID": raw.get("taskUUID") if isinstance(raw.get("taskUUID"), str) else None,
         }
+
+
+@dataclass(eq=False)
+class StreamPlan:
+    """What the response needs to stream one task: its events, their rendering, and the
+    subscription to release when the stream ends."""
+
+    events: TaskEvents
+    renderer: ChunkRenderer
+    cleanup: contextlib.AsyncExitStack | None = None
 
 
 @dataclass(eq=False)
@@ -84,17 +97,25 @@ class Batch:
         catalog: Catalog,
         store: TaskStore,
         hub: EventHub,
+        tokens: StreamTokens,
     ):
         self.owner = owner
         self.settings = settings
         self.catalog = catalog
         self.store = store
         self.hub = hub
+        self.tokens = tokens
         self.slots: list[Slot] = []
 
     async def run(self, raw_tasks: list[Any]) -> list[Slot]:
+        """Answer every task. A stream task's slot leaves with its subscription still open
+        (`slot.stream.cleanup` releases it)."""
         async with contextlib.AsyncExitStack() as subscriptions:
-            return await self._run(raw_tasks, subscriptions)
+            slots = await self._run(raw_tasks, subscriptions)
+            streaming = next((slot.stream for slot in slots if slot.stream is not None), None)
+            if streaming is not None:
+                streaming.cleanup = subscriptions.pop_all()
+            return slots
 
     async def _run(
         self, raw_tasks: list[Any], subscriptions: contextlib.AsyncExitStack
@@ -116,10 +137,20 @@ class Batch:
             elif isinstance(slot.task, GetResponseTask):
                 lookups.append(slot)
             elif isinstance(slot.task, TextInferenceTask):
-                # A sync task's subscription starts now, so Redis confirms it while the rest
-                # of the request is checked; results can then only arrive after it is live.
+                if slot.task.deliveryMethod == "stream" and len(raw_tasks) > 1:
+                    slot.errors.append(
+                        InvalidRequest(
+                            'A task with deliveryMethod "stream" must be the only task in its '
+                            "request (its response is the event stream).",
+                            code="invalidDeliveryMethod",
+                            parameter="deliveryMethod",
+                        )
+                    )
+                    continue
+                # A waiting task's subscription starts now, so Redis confirms it while the
+                # rest of the request is checked; results can only arrive after it is live.
                 sub = None
-                if slot.task.deliveryMethod == "sync":
+                if slot.task.deliveryMethod in ("sync", "stream"):
                     ref = TaskRef(self.owner, slot.task.taskUUID)
                     sub = await subscriptions.enter_async_context(
                         watching(self.hub, self.store, ref)
@@ -199,20 +230,31 @@ class Batch:
         await asyncio.gather(*waits)
 
     async def _answer(self, w: _Inference, created: bool, deadline: float) -> None:
-        if w.sub is not None:
-            # A new task's subscription was live before it was enqueued: every result will
-            # arrive on it. An existing task may have results already: read them first.
-            results = await collect_results(
-                w.sub, self.store, w.ref, w.task.numberResults, deadline, read_first=not created
+        uuid, n = w.task.taskUUID, w.task.numberResults
+        if w.task.deliveryMethod == "stream" and w.sub is not None:
+            # A new task's subscription was live before it was enqueued: no replay needed.
+            w.slot.stream = StreamPlan(
+                TaskEvents(w.sub, self.store, w.ref, replay=not created),
+                ChunkRenderer(uuid, n),
             )
-            w.slot.items.extend(result_items(w.task.taskUUID, w.task.numberResults, results))
-            w.slot.pending_sync = len(results) < w.task.numberResults
+        elif w.sub is not None:
+            results = await collect_results(
+                w.sub, self.store, w.ref, n, deadline, read_first=not created
+            )
+            w.slot.items.extend(result_items(uuid, n, results))
+            w.slot.pending_sync = len(results) < n
         elif created:
-            w.slot.items.append(processing_item(w.task.taskUUID))
+            w.slot.items.append(
+                {**processing_item(uuid), "streamURL": self.tokens.stream_url(self.owner, uuid)}
+            )
         else:
             record = await self.store.get(w.ref)
             known = dict(record.results) if record is not None else {}
-            w.slot.items.extend(result_items(w.task.taskUUID, w.task.numberResults, known))
+            w.slot.items.extend(self._with_stream_url(uuid, result_items(uuid, n, known)))
+
+    def _with_stream_url(self, task_uuid: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        url = self.tokens.stream_url(self.owner, task_uuid)
+        return [{**item, "streamURL": url} for item in items]
 
     # --- getResponse
 
@@ -229,16 +271,14 @@ class Batch:
                     )
                 )
                 continue
-            slot.items.extend(result_items(ref.uuid, record.number_results, record.results))
+            slot.items.extend(
+                self._with_stream_url(
+                    ref.uuid, result_items(ref.uuid, record.number_results, record.results)
+                )
+            )
 
 
 def _not_yet_supported(task: TextInferenceTask) -> InvalidRequest | None:
-    if task.deliveryMethod == "stream":
-        return InvalidRequest(
-            'deliveryMethod "stream" is not available on this server yet.',
-            code="invalidDeliveryMethod",
-            parameter="deliveryMethod",
-        )
     if task.webhookURL is not None:
         return InvalidRequest(
             "webhookURL is not available on this server yet.",

@@ -12,6 +12,7 @@ from core.events import EventHub
 from core.settings import Settings
 from core.store import TaskStore
 from service.auth import KeyRing
+from service.tokens import StreamTokens
 
 
 @dataclass(slots=True)
@@ -22,6 +23,7 @@ class AppState:
     redis: Redis
     store: TaskStore
     hub: EventHub
+    tokens: StreamTokens
 
 
 async def get_state(request: Request) -> AppState:

@@ -21,7 +21,7 @@ from worker.providers.base import (
     UpstreamCall,
     UsageReport,
 )
-from worker.publisher import ResultPublisher
+from worker.publisher import ResultPublisher, ResumeMismatch
 from worker.result import ResultAssembler
 from worker.retry import RetryPolicy
 
@@ -97,6 +97,7 @@ class Inference:
         while True:
             attempts += 1
             assembler = ResultAssembler()
+            publisher.restart()
             try:
                 async for event in adapter.stream(self._client, call):
                     assembler.feed(event)
@@ -104,6 +105,17 @@ class Inference:
                         publisher.add(text=event.text)
                     elif isinstance(event, ReasoningDelta):
                         publisher.add(reasoning=event.text)
+                publisher.check_caught_up()
+            except ResumeMismatch:
+                return self._failed(
+                    task,
+                    index,
+                    route.name,
+                    attempts,
+                    "inferenceError",
+                    "The worker producing this result stopped mid-answer and the retry did not "
+                    "reproduce the text already streamed; submit the task again.",
+                )
             except UpstreamError as exc:
                 delay = (
                     self._policy.delay(attempts, exc.retry_after)

@@ -51,8 +51,20 @@ async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int
             return
         queue_ms = max(0.0, started_ms - job.created_ms)
         task = TextInferenceTask.model_validate(job.request)
+        settings = deps.settings
+        prior_text, prior_reasoning = (
+            await _published_so_far(deps.store, ref, index) if job_try > 1 else ("", "")
+        )
         publisher = ResultPublisher(
-            deps.store, ref, index, job_try, eager_first=task.deliveryMethod == "stream"
+            deps.store,
+            ref,
+            index,
+            job_try,
+            eager_first=task.deliveryMethod == "stream",
+            interval_s=settings.stream_flush_interval_s,
+            max_chars=settings.stream_flush_chars,
+            published_text=prior_text,
+            published_reasoning=prior_reasoning,
         )
         try:
             outcome = await _produce(deps, task, index, job.seed, publisher, job_try)
@@ -62,6 +74,17 @@ async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int
             publisher.close()
             raise
     _log_completion(task, task_uuid, index, job_try, outcome, finish, started, queue_ms)
+
+
+async def _published_so_far(store: TaskStore, ref: TaskRef, index: int) -> tuple[str, str]:
+    """The text and reasoning an earlier run of this result already published."""
+    text: list[str] = []
+    reasoning: list[str] = []
+    for _event_id, data in await store.read_events(ref):
+        if data.get("t") == "d" and data.get("i") == index:
+            text.append(data.get("text", ""))
+            reasoning.append(data.get("rc", ""))
+    return "".join(text), "".join(reasoning)
 
 
 async def _produce(

@@ -53,6 +53,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             keys,
             retention_s=settings.task_retention_s,
             max_queue_depth=settings.max_queue_depth,
+            event_maxlen=settings.event_stream_maxlen,
         ),
         inference=Inference(
             Catalog.load(settings.catalog_path),

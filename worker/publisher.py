@@ -16,17 +16,22 @@ from core.store import FinishOutcome, TaskStore
 log = structlog.get_logger("taskwire.publisher")
 
 
+class ResumeMismatch(Exception):
+    """A re-run of a result did not reproduce the text an earlier run already published."""
+
+
 class ResultPublisher:
     """The event writer of one result of one task.
 
     With `eager_first` (a client is streaming), the first delta goes out at once: time to
-    first token is what users feel. Later ones (and all, for sync and async tasks, whose
-    deltas only serve clients re-attaching later) are buffered and appended when `max_chars`
-    have gathered or `interval_s` has passed since the oldest unsent one, so a long answer
-    costs a few dozen Redis calls, not one per token.
-    Appends run beside the upstream read (one at a time, in order), so Redis round trips
-    never hold up the stream. Each delta event carries the job attempt (`a`) and a sequence
-    number (`s`); the final event is written with whatever is still buffered, in one step.
+    first token is what users feel. Later deltas (and all of them, for sync and async tasks,
+    whose deltas only serve clients that re-attach) are buffered and appended when
+    `max_chars` have gathered or `interval_s` has passed since the oldest unsent one, so a
+    long answer costs a few dozen Redis calls, not one per token. An event holds text or
+    reasoning, never both (a switch seals the buffer). Appends run beside the upstream read,
+    one call at a time and in order, so Redis round trips never hold up the stream. Each
+    delta event carries the job attempt (`a`) and a sequence number (`s`); the final event is
+    written with whatever is still unsent, in one step.
     """
 
     def __init__(
@@ -37,122 +42,140 @@ class ResultPublisher:
         attempt: int,
         *,
         eager_first: bool = True,
-        interval_s: float = 0.05,
-        max_chars: int = 2048,
+        interval_s: float = 0.1,
+        max_chars: int = 1024,
+        published_text: str = "",
+        published_reasoning: str = "",
     ):
         self._store = store
         self._ref = ref
         self._index = index
         self._attempt = attempt
+        self._eager_first = eager_first
         self._interval_s = interval_s
         self._max_chars = max_chars
-        self._text: list[str] = []
-        self._reasoning: list[str] = []
+        self._parts: list[str] = []
+        self._kind = ""  # "text" or "rc" while parts are buffered
         self._chars = 0
-        self._oldest: float | None = None
+        self._oldest = 0.0
         self._seq = 0
+        self._outbox: list[dict[str, Any]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._inflight: asyncio.Task[None] | None = None
-        self._eager_first = eager_first
+        self._drain_task: asyncio.Task[None] | None = None
         self.published = False
         self.appends = 0
+        # What an earlier run of this result already published: a re-run streams again from
+        # the upstream, checks it reproduces this, and publishes only what comes after.
+        self._prior = (published_text, published_reasoning)
+        self._expect_text, self._expect_reasoning = self._prior
+
+    # --- re-runs
+
+    def restart(self) -> None:
+        """A new upstream attempt (before anything new was published) starts from scratch."""
+        self._expect_text, self._expect_reasoning = self._prior
+
+    def check_caught_up(self) -> None:
+        """At the end of a re-run: it must have reproduced everything published before."""
+        if self._expect_text or self._expect_reasoning:
+            raise ResumeMismatch
+
+    @staticmethod
+    def _skip(expected: str, piece: str) -> tuple[str, str]:
+        """(what is still expected, what of `piece` is new) after `piece` arrives."""
+        if not expected or not piece:
+            return expected, piece
+        if expected.startswith(piece):
+            return expected[len(piece) :], ""
+        if piece.startswith(expected):
+            return "", piece[len(expected) :]
+        raise ResumeMismatch
+
+    # --- deltas
 
     def add(self, text: str = "", reasoning: str = "") -> None:
         """Buffer a delta; an append is started when one is due."""
-        if not text and not reasoning:
-            return
-        if reasoning and self._text:
-            self._kick()  # reasoning after text: keep the order across events
+        self._expect_reasoning, reasoning = self._skip(self._expect_reasoning, reasoning)
+        self._expect_text, text = self._skip(self._expect_text, text)
         if reasoning:
-            self._reasoning.append(reasoning)
+            self._buffer("rc", reasoning)
         if text:
-            self._text.append(text)
-        self._chars += len(text) + len(reasoning)
-        if self._oldest is None:
-            self._oldest = time.monotonic()
-        if self._due():
-            self._kick()
+            self._buffer("text", text)
+
+    def _buffer(self, kind: str, piece: str) -> None:
+        if self._parts and kind != self._kind:
+            self._seal()
+        if not self._parts:
+            self._kind, self._oldest = kind, time.monotonic()
+        self._parts.append(piece)
+        self._chars += len(piece)
+        if (
+            (self._eager_first and not self.published)
+            or self._chars >= self._max_chars
+            or time.monotonic() - self._oldest >= self._interval_s
+        ):
+            self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._interval_s, self._kick)
+            self._timer = asyncio.get_running_loop().call_later(self._interval_s, self._flush)
 
-    def _due(self) -> bool:
-        if not self._text and not self._reasoning:
-            return False
-        if (self._eager_first and not self.published) or self._chars >= self._max_chars:
-            return True
-        return self._oldest is not None and time.monotonic() - self._oldest >= self._interval_s
+    def _seal(self) -> None:
+        """Turn the buffered pieces into an event waiting to be sent."""
+        if not self._parts:
+            return
+        self._seq += 1
+        self.published = True
+        self._outbox.append(
+            {
+                "t": "d",
+                "i": self._index,
+                "a": self._attempt,
+                "s": self._seq,
+                self._kind: "".join(self._parts),
+            }
+        )
+        self._parts, self._chars = [], 0
 
-    def _kick(self) -> None:
+    def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(self._drain())
+        self._seal()
+        if self._outbox and (self._drain_task is None or self._drain_task.done()):
+            self._drain_task = asyncio.create_task(self._drain())
 
     async def _drain(self) -> None:
-        while True:
-            event = self._take()
-            if event is None:
-                return
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
             try:
-                await self._store.append_events(self._ref, [event])
+                await self._store.append_events(self._ref, batch)
             except (RedisError, OSError) as exc:
-                self._restore(event)
+                self._outbox[:0] = batch  # sent again by the next flush, or by finish()
                 log.warning("publisher.append_failed", error=type(exc).__name__)
                 if self._timer is None:
                     self._timer = asyncio.get_running_loop().call_later(
-                        self._interval_s, self._kick
+                        self._interval_s, self._flush
                     )
                 return
             self.appends += 1
-            if not self._due():
-                if (self._text or self._reasoning) and self._timer is None:
-                    self._timer = asyncio.get_running_loop().call_later(
-                        self._interval_s, self._kick
-                    )
-                return
 
-    def _take(self) -> dict[str, Any] | None:
-        if not self._text and not self._reasoning:
-            return None
-        self._seq += 1
-        self.published = True
-        event: dict[str, Any] = {"t": "d", "i": self._index, "a": self._attempt, "s": self._seq}
-        if self._reasoning:
-            event["rc"] = "".join(self._reasoning)
-        if self._text:
-            event["text"] = "".join(self._text)
-        self._text, self._reasoning, self._chars, self._oldest = [], [], 0, None
-        return event
-
-    def _restore(self, event: dict[str, Any]) -> None:
-        self._seq -= 1
-        text, reasoning = event.get("text", ""), event.get("rc", "")
-        if text:
-            self._text.insert(0, text)
-        if reasoning:
-            self._reasoning.insert(0, reasoning)
-        self._chars += len(text) + len(reasoning)
-        self._oldest = self._oldest or time.monotonic()
+    # --- the end
 
     async def finish(self, item: dict[str, Any]) -> FinishOutcome:
-        """Append what is buffered and the final result in one step (never overwriting a
+        """Append whatever is unsent and the final result in one step (never overwriting a
         final result another run already wrote)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._inflight is not None:
+        if self._drain_task is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._inflight
-        pending = self._take()
+                await self._drain_task
+        self._seal()
+        pending, self._outbox = self._outbox, []
         final = {"t": "f", "i": self._index, "a": self._attempt, "r": item}
         try:
-            outcome = await self._store.finish_result(
-                self._ref, self._index, item, final, [pending] if pending else []
-            )
+            outcome = await self._store.finish_result(self._ref, self._index, item, final, pending)
         except BaseException:
-            if pending is not None:
-                self._restore(pending)
+            self._outbox[:0] = pending
             raise
         self.appends += 1
         return outcome
@@ -162,5 +185,5 @@ class ResultPublisher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._inflight is not None:
-            self._inflight.cancel()
+        if self._drain_task is not None:
+            self._drain_task.cancel()

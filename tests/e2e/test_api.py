@@ -65,12 +65,16 @@ def test_async_task_then_get_response(api: Api) -> None:
     task = text_task("Async please", deliveryMethod="async", seed=3)
     response = api.post([task])
     assert response.status_code == 200
-    assert response.json() == {
-        "data": [
-            {"taskType": "textInference", "taskUUID": task["taskUUID"], "status": "processing"}
-        ]
+    [ack] = response.json()["data"]
+    assert ack == {
+        "taskType": "textInference",
+        "taskUUID": task["taskUUID"],
+        "status": "processing",
+        "streamURL": ack["streamURL"],
     }
+    assert ack["streamURL"].startswith(f"/v1/tasks/{task['taskUUID']}/events?token=")
     [item] = api.wait_final(task["taskUUID"])
+    assert item["streamURL"].startswith(f"/v1/tasks/{task['taskUUID']}/events?token=")
     assert item["status"] == "success"
     assert item["seed"] == 3
     assert item["resultIndex"] == 0
