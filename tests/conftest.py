@@ -141,6 +141,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_binary: str) -> Iterat
     shared.stop()
 
 
+def without_stream_url(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in item.items() if k != "streamURL"} for item in items]
+
+
 def text_task(prompt: str = "Say hello", **fields: Any) -> dict[str, Any]:
     """A valid textInference task with a fresh taskUUID; `fields` override or add."""
     task: dict[str, Any] = {
