@@ -23,6 +23,7 @@ from core.store import TaskStore
 from service.api import error_response, json_response, router
 from service.auth import KeyRing
 from service.events_api import router as events_router
+from service.pages import router as pages_router
 from service.state import AppState
 from service.tokens import StreamTokens, load_secret
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(events_router)
+    app.include_router(pages_router)
 
     @app.get("/health")
     async def health(request: Request) -> Response:

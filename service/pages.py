@@ -1,0 +1,45 @@
+"""The playground page and the model list it (and OpenAI-style clients) reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+
+from core.errors import TaskwireError
+from service.api import bearer_key, error_response, json_response
+from service.state import AppState, get_state
+
+router = APIRouter()
+State = Annotated[AppState, Depends(get_state)]
+_PLAYGROUND = (Path(__file__).parent / "static" / "playground.html").read_text()
+
+
+@router.get("/playground", response_class=HTMLResponse)
+async def playground() -> HTMLResponse:
+    """A page to try taskwire in a browser: streams an answer and shows re-attaching."""
+    return HTMLResponse(_PLAYGROUND, headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/models")
+async def models(request: Request, state: State) -> Response:
+    """The models this server serves, in OpenAI's list format."""
+    try:
+        state.keyring.authenticate(bearer_key(request))
+    except TaskwireError as exc:
+        return error_response(exc)
+    data = [
+        {
+            "id": model.air,
+            "object": "model",
+            "owned_by": model.air.split(":", 1)[0],
+            "name": model.name,
+            "context_window": model.context_window,
+            "max_output_tokens": model.max_output_tokens,
+            "pricing": model.price.model_dump(exclude_none=True),
+        }
+        for model in state.catalog
+    ]
+    return json_response({"object": "list", "data": data}, 200)
