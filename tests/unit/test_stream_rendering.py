@@ -1,0 +1,122 @@
+"""Rendering stored events as protocol chunks, and stream tokens (no processes needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.errors import AuthenticationFailed
+from core.events import Event
+from service.streaming import ChunkRenderer
+from service.tokens import StreamTokens
+
+UUID = "3f2b6c1e-7d4a-4e9b-9a1c-2b7e5d8f0a13"
+
+
+def data(raw: bytes | None) -> dict:
+    assert raw is not None
+    event_id, payload = raw.decode().rstrip("\n").split("\n")
+    assert event_id.startswith("id: ")
+    return json.loads(payload.removeprefix("data: "))
+
+
+def test_deltas_finals_errors_and_done() -> None:
+    r = ChunkRenderer(UUID, 2)
+    assert data(r.render(Event("1-0", {"t": "d", "i": 0, "a": 1, "s": 1, "rc": "hmm"}))) == {
+        "taskUUID": UUID,
+        "taskType": "textInference",
+        "resultIndex": 0,
+        "delta": {"reasoningContent": "hmm"},
+    }
+    assert data(r.render(Event("2-0", {"t": "d", "i": 1, "a": 1, "s": 1, "text": "Hi"})))[
+        "delta"
+    ] == {"text": "Hi"}
+    final = data(
+        r.render(
+            Event(
+                "3-0",
+                {
+                    "t": "f",
+                    "i": 0,
+                    "a": 1,
+                    "r": {
+                        "status": "success",
+                        "text": "x",
+                        "finishReason": "length",
+                        "seed": 1,
+                        "usage": {"promptTokens": 1},
+                        "cost": 0.5,
+                    },
+                },
+            )
+        )
+    )
+    assert final == {
+        "taskUUID": UUID,
+        "taskType": "textInference",
+        "resultIndex": 0,
+        "delta": {},
+        "finishReason": "length",
+        "usage": {"promptTokens": 1},
+        "cost": 0.5,
+    }
+    assert not r.done
+    error = data(
+        r.render(
+            Event(
+                "4-0",
+                {
+                    "t": "f",
+                    "i": 1,
+                    "a": 1,
+                    "r": {
+                        "status": "error",
+                        "error": {"code": "timeoutProvider", "message": "slow"},
+                    },
+                },
+            )
+        )
+    )
+    assert error == {
+        "errors": [
+            {
+                "code": "timeoutProvider",
+                "message": "slow",
+                "taskUUID": UUID,
+                "taskType": "textInference",
+                "resultIndex": 1,
+            }
+        ]
+    }
+    assert r.done
+    assert r.done_event() == b"id: 4-0\ndata: [DONE]\n\n"
+
+
+def test_ignores_stale_attempts_and_late_events() -> None:
+    r = ChunkRenderer(UUID, 1)
+    assert r.render(Event("1-0", {"t": "d", "i": 0, "a": 2, "s": 1, "text": "new"}))
+    assert r.render(Event("2-0", {"t": "d", "i": 0, "a": 1, "s": 5, "text": "old"})) is None
+    assert r.render(Event("3-0", {"t": "d", "i": 7, "a": 2, "s": 1, "text": "?"})) is None
+    assert r.render(
+        Event("4-0", {"t": "f", "i": 0, "a": 2, "r": {"status": "success", "finishReason": "stop"}})
+    )
+    assert r.render(Event("5-0", {"t": "d", "i": 0, "a": 2, "s": 2, "text": "after"})) is None
+
+
+def test_stream_tokens() -> None:
+    tokens = StreamTokens(b"k" * 32, ttl_s=60)
+    token = tokens.issue("owner1", UUID, now=1000)
+    assert tokens.verify(token, UUID, now=1059) == "owner1"
+    with pytest.raises(AuthenticationFailed) as caught:
+        tokens.verify(token, UUID, now=1061)
+    assert caught.value.code == "expiredStreamToken"
+    for bad in (token.replace("owner1", "owner2"), token + "x", "garbage", "a.b.c"):
+        with pytest.raises(AuthenticationFailed):
+            tokens.verify(bad, UUID, now=1000)
+    with pytest.raises(AuthenticationFailed):
+        tokens.verify(token, "00000000-0000-4000-8000-000000000000", now=1000)
+    owner, expires, mac = token.split(".")
+    with pytest.raises(AuthenticationFailed):  # a longer expiry cannot be forged
+        tokens.verify(f"{owner}.{int(expires) + 10_000}.{mac}", UUID, now=1000)
+    assert StreamTokens(b"other" * 8, 60).issue("owner1", UUID, now=1000) != token
