@@ -12,7 +12,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation
+from bench import foundation, streaming
 from bench.common import start_stack
 from core.settings import PROJECT_ROOT
 
@@ -39,7 +39,7 @@ def machine() -> str:
     )
 
 
-async def run(args: argparse.Namespace) -> str:
+async def foundation_sections(args: argparse.Namespace) -> list[str]:
     sections: list[str] = []
     stack = start_stack(workers=1)
     try:
@@ -70,6 +70,49 @@ async def run(args: argparse.Namespace) -> str:
         "### Async throughput, zero-latency simulator\n\n"
         + foundation.throughput_table({1: one_worker, 2: two_workers}, direct)
     )
+    return sections
+
+
+async def streaming_sections(args: argparse.Namespace) -> list[str]:
+    sections: list[str] = []
+    stack = start_stack(workers=1)
+    try:
+        print("time to first token ...", flush=True)
+        ttft = await streaming.time_to_first_token(stack, args.samples)
+        sections.append("### Streaming: time to first token\n\n" + streaming.ttft_table(ttft))
+        print("added latency per chunk ...", flush=True)
+        chunks = await streaming.chunk_latency(stack)
+        sections.append(
+            "### Streaming: added latency per chunk (coalescing included)\n\n"
+            + streaming.chunk_table(chunks)
+        )
+        print("redis commands per 1,000 tokens ...", flush=True)
+        commands = [await streaming.redis_commands(stack, 1000, tps) for tps in (0, 200, 50)]
+        sections.append(
+            "### Streaming: Redis commands per 1,000 streamed tokens\n\n"
+            + streaming.redis_table(commands)
+        )
+    finally:
+        stack.stop()
+    stack = start_stack(workers=1)
+    try:
+        print("open streams per API process ...", flush=True)
+        held = await streaming.open_streams(stack, args.streams)
+        sections.append(
+            "### Streaming: open streams on one API process\n\n" + streaming.streams_table(held)
+        )
+    finally:
+        stack.stop()
+    return sections
+
+
+SUITES = {"foundation": foundation_sections, "streaming": streaming_sections}
+
+
+async def run(args: argparse.Namespace) -> str:
+    sections: list[str] = []
+    for name in args.only or list(SUITES):
+        sections += await SUITES[name](args)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"Measured {stamp} on {machine()}.\n\n" + "\n\n".join(sections) + "\n"
 
@@ -91,6 +134,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="taskwire benchmarks")
     parser.add_argument("--samples", type=int, default=300, help="sync pairs at 0 ms TTFT")
     parser.add_argument("--tasks", type=int, default=3000, help="async tasks for throughput")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[500, 1000, 2000, 4000],
+        help="open-stream counts to hold on one API process",
+    )
+    parser.add_argument("--only", nargs="+", choices=list(SUITES), help="run only these suites")
     parser.add_argument("--no-record", action="store_true", help="do not update the doc")
     args = parser.parse_args()
     results = asyncio.run(run(args))

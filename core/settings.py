@@ -33,9 +33,11 @@ class Settings(BaseSettings):
     catalog_path: Path = PROJECT_ROOT / "deploy" / "models.toml"
 
     # --- event streams and server-sent events
-    # Deltas are appended when this much text has gathered or this long has passed since the
-    # oldest unsent one (the first delta of a streamed result goes at once).
-    stream_flush_interval_s: float = Field(default=0.1, ge=0)
+    # Deltas are appended when this much text has gathered or when the oldest unsent one has
+    # waited the flush interval, which starts at the first value and grows by half after each
+    # timed append up to the second (the first delta of a streamed result goes at once).
+    stream_flush_interval_s: float = Field(default=0.05, ge=0)
+    stream_flush_max_interval_s: float = Field(default=0.5, ge=0)
     stream_flush_chars: int = Field(default=1024, ge=1)
     event_stream_maxlen: int = Field(default=10_000, ge=100)
     sse_keepalive_s: float = Field(default=15.0, gt=0)
@@ -52,7 +54,7 @@ class Settings(BaseSettings):
     # The in-progress key of a running job is a lease renewed by its worker; a killed worker's
     # jobs become visible again once the lease runs out, whatever the job timeout.
     job_lease_s: float = Field(default=10.0, ge=1)
-    worker_poll_fallback_s: float = Field(default=1.0, gt=0)
+    worker_poll_fallback_s: float = Field(default=2.0, gt=0)
     worker_shutdown_grace_s: int = Field(default=25, ge=0)
     job_max_tries: int = Field(default=5, ge=1)
 

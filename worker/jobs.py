@@ -62,6 +62,7 @@ async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int
             job_try,
             eager_first=task.deliveryMethod == "stream",
             interval_s=settings.stream_flush_interval_s,
+            max_interval_s=settings.stream_flush_max_interval_s,
             max_chars=settings.stream_flush_chars,
             published_text=prior_text,
             published_reasoning=prior_reasoning,

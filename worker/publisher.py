@@ -26,8 +26,10 @@ class ResultPublisher:
     With `eager_first` (a client is streaming), the first delta goes out at once: time to
     first token is what users feel. Later deltas (and all of them, for sync and async tasks,
     whose deltas only serve clients that re-attach) are buffered and appended when
-    `max_chars` have gathered or `interval_s` has passed since the oldest unsent one, so a
-    long answer costs a few dozen Redis calls, not one per token. An event holds text or
+    `max_chars` have gathered or the wait since the oldest unsent one reaches the interval.
+    The interval starts at `interval_s` and grows by half after each append made on time, up
+    to `max_interval_s`: the first second of an answer flows in small steps, and a long,
+    slow answer still costs a few dozen Redis calls, not one per token. An event holds text or
     reasoning, never both (a switch seals the buffer). Appends run beside the upstream read,
     one call at a time and in order, so Redis round trips never hold up the stream. Each
     delta event carries the job attempt (`a`) and a sequence number (`s`); the final event is
@@ -42,7 +44,8 @@ class ResultPublisher:
         attempt: int,
         *,
         eager_first: bool = True,
-        interval_s: float = 0.1,
+        interval_s: float = 0.05,
+        max_interval_s: float = 0.5,
         max_chars: int = 1024,
         published_text: str = "",
         published_reasoning: str = "",
@@ -53,6 +56,7 @@ class ResultPublisher:
         self._attempt = attempt
         self._eager_first = eager_first
         self._interval_s = interval_s
+        self._max_interval_s = max(max_interval_s, interval_s)
         self._max_chars = max_chars
         self._parts: list[str] = []
         self._kind = ""  # "text" or "rc" while parts are buffered
@@ -109,14 +113,18 @@ class ResultPublisher:
             self._kind, self._oldest = kind, time.monotonic()
         self._parts.append(piece)
         self._chars += len(piece)
-        if (
-            (self._eager_first and not self.published)
-            or self._chars >= self._max_chars
-            or time.monotonic() - self._oldest >= self._interval_s
-        ):
+        if (self._eager_first and not self.published) or self._chars >= self._max_chars:
             self._flush()
+        elif time.monotonic() - self._oldest >= self._interval_s:
+            self._flush_on_time()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._interval_s, self._flush)
+            self._timer = asyncio.get_running_loop().call_later(
+                self._interval_s, self._flush_on_time
+            )
+
+    def _flush_on_time(self) -> None:
+        self._flush()
+        self._interval_s = min(self._interval_s * 1.5, self._max_interval_s)
 
     def _seal(self) -> None:
         """Turn the buffered pieces into an event waiting to be sent."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from typing import Any
 
 import structlog
@@ -192,6 +191,8 @@ class QueueWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
+        if finish and job_id in self.settled:
+            return  # the job's own finish script already did what arq would do here
         await super().finish_job(
             job_id,
             finish,
@@ -203,7 +204,7 @@ class QueueWorker(Worker):
         )
         if not finish and incr_score is None:
             # Cancelled here (shutdown): hand the job back now rather than when the lease ends.
-            await self.pool.zadd(self.queue_name, {job_id: int(time.time() * 1000)}, xx=True)
+            await self.job_queue.hand_back(job_id)
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):

@@ -381,3 +381,28 @@ def test_sync_and_async_tasks_also_have_event_streams(api: Api, delivery: str) -
     ) as response:
         events = parse_strict(response.read()).events
     assert assemble(events)[0]["text"] == item["text"]
+
+
+def test_worker_killed_mid_stream_resumes_without_gap_or_repeat(make_stack: StackFactory) -> None:
+    stack = make_stack()
+    api = Api(stack)
+    task = text_task("[[sim:tokens=60,tps=15]]", deliveryMethod="stream", seed=12)
+    with api.http.stream(
+        "POST", "/v1", json=[task], headers={"Authorization": f"Bearer {KEY_A}"}
+    ) as response:
+        lines = response.iter_lines()
+        head = []
+        for line in lines:
+            head.append(line)
+            if sum(1 for h in head if h.startswith("data: {")) == 3:
+                break
+        stack.workers[0].kill()  # mid-answer: three deltas out, the rest not yet produced
+        stack.start_worker()
+        rest = list(lines)
+    events = parse_strict(("\n".join(head + rest) + "\n").encode()).events
+    assert events[-1].done
+    [item] = api.wait_final(task["taskUUID"])
+    assert item["status"] == "success"
+    assert assemble(events)[0]["text"] == item["text"]
+    assert len(item["text"].split()) == 60
+    api.close()
