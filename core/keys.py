@@ -10,6 +10,7 @@ ARQ_JOB_PREFIX = "arq:job:"
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
 ARQ_RETRY_PREFIX = "arq:retry:"
 RUN_RESULT_JOB = "run_result"
+DELIVER_WEBHOOK_JOB = "deliver_webhook"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,14 @@ class Keys:
     def job_id(ref: TaskRef, index: int) -> str:
         """arq job id of result `index`: "<owner>:<uuid>:<index>"."""
         return f"{ref.owner}:{ref.uuid}:{index}"
+
+    @staticmethod
+    def delivery_job_id(ref: TaskRef, index: int) -> str:
+        """arq job id of result `index`'s webhook delivery (claims skip its prefetch)."""
+        return f"{ref.owner}:{ref.uuid}:{index}:webhook"
+
+    def webhook_secret(self, owner: str) -> str:
+        return f"{self.prefix}:whsec:{owner}"
 
     @staticmethod
     def job(job_id: str) -> str:

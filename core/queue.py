@@ -18,27 +18,33 @@ from core.keys import ARQ_IN_PROGRESS_PREFIX, Keys
 from core.store import JOB_INPUT_FIELDS, JobInput, job_input_from
 
 # KEYS[1] queue. ARGV: now ms, lease ms, limit, in-progress prefix, task-key head, fields...
-# Returns, per claimed job: id, score, then the HMGET of its task record's fields and its
-# result slot.
+# Returns the score of the next job due later (or -1), then per claimed job: id, score, and
+# the HMGET of its task record's fields and result slot (for result jobs).
 _CLAIM = """
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-local claimed = {}
+local claimed = {-1}
 for i = 1, #ready, 2 do
   local id = ready[i]
   if redis.call('SET', ARGV[4] .. id, '1', 'NX', 'PX', lease) then
     redis.call('ZADD', KEYS[1], now + lease, id)
     local head, index = string.match(id, '^(.*):(%d+)$')
-    local wanted = {unpack(fields)}
-    wanted[#wanted + 1] = 'r:' .. (index or '')
     claimed[#claimed + 1] = id
     claimed[#claimed + 1] = ready[i + 1]
-    claimed[#claimed + 1] = redis.call('HMGET', ARGV[5] .. (head or '') .. '}', unpack(wanted))
+    if head then
+      local wanted = {unpack(fields)}
+      wanted[#wanted + 1] = 'r:' .. index
+      claimed[#claimed + 1] = redis.call('HMGET', ARGV[5] .. head .. '}', unpack(wanted))
+    else
+      claimed[#claimed + 1] = {}
+    end
   end
 end
+local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if #later > 0 then claimed[1] = later[2] end
 return claimed
 """
 
@@ -70,8 +76,9 @@ class JobQueue:
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)
 
-    async def claim(self, limit: int) -> list[ClaimedJob]:
-        """Lease up to `limit` jobs that are due, oldest first."""
+    async def claim(self, limit: int) -> tuple[list[ClaimedJob], float | None]:
+        """Lease up to `limit` jobs that are due, oldest first; also the epoch second at
+        which the next job falls due (a scheduled retry, or a lapsing lease), if any."""
         reply: list[Any] = await self._claim(
             keys=[self.keys.queue],
             args=[
@@ -83,13 +90,15 @@ class JobQueue:
                 *JOB_INPUT_FIELDS,
             ],
         )
+        next_due = float(reply[0])
         jobs = []
-        for i in range(0, len(reply), 3):
+        for i in range(1, len(reply), 3):
             job_id = reply[i].decode()
             _, _, index = job_id.rpartition(":")
-            job_input = job_input_from(reply[i + 2], int(index)) if index.isdigit() else None
+            fields = reply[i + 2]
+            job_input = job_input_from(fields, int(index)) if fields and index.isdigit() else None
             jobs.append(ClaimedJob(job_id, int(float(reply[i + 1])), job_input))
-        return jobs
+        return jobs, (next_due / 1000 if next_due >= 0 else None)
 
     async def renew(self, job_ids: list[str]) -> None:
         if job_ids:

@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     # Signs streamURL tokens. Unset: a random secret kept in Redis, shared by all API processes.
     stream_token_secret: SecretStr | None = None
 
+    # --- webhooks and the outbound guard
+    # Delay before each delivery attempt (Svix's schedule); jitter is a fraction of each.
+    webhook_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    webhook_jitter: float = Field(default=0.1, ge=0, le=1)
+    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    webhook_max_response_bytes: int = Field(default=4096, ge=0)
+    webhook_rotation_window_s: float = Field(default=24 * 3600, ge=0)
+    # CIDRs user URLs may reach although not public (development and tests only).
+    outbound_allow_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    outbound_resolve_timeout_s: float = Field(default=2.0, gt=0)
+
     # --- worker
     worker_max_jobs: int = Field(default=500, ge=1)
     job_timeout_s: float = Field(default=600.0, gt=0)
@@ -70,11 +83,27 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "webhook_schedule_s", "outbound_allow_cidrs", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_schedule_s")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if not value or any(delay < 0 for delay in value):
+            raise ValueError("the webhook schedule needs at least one delay, none negative")
+        return value
+
+    @field_validator("outbound_allow_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
         return value
 
     def all_api_keys(self) -> list[str]:

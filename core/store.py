@@ -44,6 +44,7 @@ class TaskRecord:
     number_results: int
     created_ms: float
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    deliveries: dict[int, dict[str, Any]] = field(default_factory=dict)  # webhook state
 
     @property
     def finished(self) -> bool:
@@ -77,6 +78,18 @@ def job_input_from(fields: Sequence[bytes | None], index: int) -> JobInput | Non
         created_ms=float(created),
         existing_result=json.loads(existing) if existing is not None else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpJob:
+    """A job enqueued together with a final result, and the record field it initialises."""
+
+    job_id: str
+    function: str
+    args: list[Any]
+    ttl_ms: int
+    field: str
+    value: str
 
 
 @dataclass(slots=True)
@@ -140,11 +153,24 @@ local errors = redis.call('HINCRBY', KEYS[1], 'errors', tonumber(ARGV[6]))
 local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local created = redis.call('HGET', KEYS[1], 'created')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-for i = 8, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[4], ARGV[5]) end
+if ARGV[8] ~= '' then
+  -- a job that follows the result (its webhook delivery), enqueued with it
+  local follow = cjson.decode(ARGV[8])
+  redis.call('HSET', KEYS[1], follow.field, follow.value)
+  redis.call('SET', follow.job_key, follow.payload, 'PX', follow.ttl_ms)
+  redis.call('ZADD', KEYS[3], follow.score, follow.job_id)
+  redis.call('PUBLISH', follow.wake, '1')
+end
+for i = 9, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[4], ARGV[5]) end
 local id = append_event(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
 return {1, done, n, id, errors, created}
 """
 )
+
+
+def arq_job(function: str, args: list[Any], enqueue_time_ms: int) -> str:
+    """A job in arq's serialised format (JSON here, never pickle): arq workers run it."""
+    return _dumps({"t": None, "f": function, "a": args, "k": {}, "et": enqueue_time_ms})
 
 
 def _dumps(value: Any) -> str:
@@ -185,15 +211,7 @@ class TaskStore:
                 n = len(task.seeds)
                 job_ids = [self.keys.job_id(task.ref, i) for i in range(n)]
                 payloads = [
-                    _dumps(
-                        {
-                            "t": None,
-                            "f": RUN_RESULT_JOB,
-                            "a": [task.ref.owner, task.ref.uuid, i],
-                            "k": {},
-                            "et": now_ms,
-                        }
-                    )
+                    arq_job(RUN_RESULT_JOB, [task.ref.owner, task.ref.uuid, i], now_ms)
                     for i in range(n)
                 ]
                 # EVAL, not EVALSHA: a pipeline of EVALSHA costs an extra SCRIPT EXISTS round
@@ -284,10 +302,26 @@ class TaskStore:
         item: dict[str, Any],
         event: dict[str, Any],
         pending: Sequence[dict[str, Any]] = (),
+        then: FollowUpJob | None = None,
     ) -> FinishOutcome:
         """Record a final result unless one is already there, publish it after the
-        still-pending delta events, and settle the result's arq job, all in one step."""
+        still-pending delta events, settle the result's arq job and enqueue `then` (with
+        the record field it sets), all in one step."""
         job_id = self.keys.job_id(ref, index)
+        follow = ""
+        if then is not None:
+            follow = _dumps(
+                {
+                    "field": then.field,
+                    "value": then.value,
+                    "job_key": self.keys.job(then.job_id),
+                    "job_id": then.job_id,
+                    "payload": arq_job(then.function, then.args, _now_ms()),
+                    "ttl_ms": then.ttl_ms,
+                    "score": _now_ms(),
+                    "wake": self.keys.wake,
+                }
+            )
         reply = await self._finish(
             keys=[
                 self.keys.task(ref),
@@ -305,6 +339,7 @@ class TaskStore:
                 self.event_maxlen,
                 1 if item.get("status") == "error" else 0,
                 job_id,
+                follow,
                 *(_dumps(p) for p in pending),
             ],
         )
@@ -320,6 +355,10 @@ class TaskStore:
         )
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -327,6 +366,9 @@ def _text(value: bytes | str) -> str:
 def _record_from_hash(ref: TaskRef, raw: dict[bytes, bytes]) -> TaskRecord:
     results = {
         int(key[2:]): json.loads(value) for key, value in raw.items() if key.startswith(b"r:")
+    }
+    deliveries = {
+        int(key[2:]): json.loads(value) for key, value in raw.items() if key.startswith(b"w:")
     }
     return TaskRecord(
         ref=ref,
@@ -336,4 +378,5 @@ def _record_from_hash(ref: TaskRef, raw: dict[bytes, bytes]) -> TaskRecord:
         number_results=int(raw[b"n"]),
         created_ms=float(raw[b"created"]),
         results=results,
+        deliveries=deliveries,
     )

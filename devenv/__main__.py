@@ -12,6 +12,8 @@ import time
 import uuid
 from types import FrameType
 
+import httpx
+
 from core.settings import PROJECT_ROOT
 from devenv.procs import free_port
 from devenv.stack import Stack, StackConfig
@@ -54,7 +56,7 @@ def _task(**fields: object) -> str:
     return json.dumps([task], separators=(",", ":"))
 
 
-def banner(stack: Stack, key: str, redis_note: str) -> str:
+def banner(stack: Stack, key: str, redis_note: str, webhook_secret: str, allowed: str) -> str:
     api = stack.api_url
     sync_task = _task(
         messages=[{"role": "user", "content": "Say hello"}], includeUsage=True, includeCost=True
@@ -74,6 +76,11 @@ taskwire is running.
   Redis      {redis_note}
   logs       {stack.log_dir}
   API key    {key}
+  webhooks   signed with {webhook_secret}
+             (Standard Webhooks; GET /v1/webhooks/secret)
+  outbound   user URLs may reach {allowed}: a development setting, off in production
+
+Playground (streams in your browser): {api}/playground
 
 A sync task (waits for the answer):
 
@@ -105,6 +112,8 @@ def main() -> None:
         sys.exit(f"port {api_port} is in use: set PORT to another one")
     extra = {k: v for k, v in os.environ.items() if k.startswith("TASKWIRE_")}
     extra.pop("TASKWIRE_REDIS_URL", None)
+    # Development only: let webhooks and image URLs reach this machine (a local receiver).
+    extra.setdefault("TASKWIRE_OUTBOUND_ALLOW_CIDRS", "127.0.0.0/8,::1/128")
     stack = Stack(
         StackConfig(
             root=RUN_DIR,
@@ -137,7 +146,11 @@ def main() -> None:
         stack.stop()
         sys.exit(f"taskwire: failed to start: {exc}")
     redis_note = redis_url or f"{stack.redis_url} (private, data in {RUN_DIR / 'redis'})"
-    print(banner(stack, key, redis_note), flush=True)
+    webhook_secret = httpx.get(
+        f"{stack.api_url}/v1/webhooks/secret", headers={"Authorization": f"Bearer {key}"}
+    ).json()["secret"]
+    allowed = extra["TASKWIRE_OUTBOUND_ALLOW_CIDRS"] or "public addresses only"
+    print(banner(stack, key, redis_note, webhook_secret, allowed), flush=True)
     while True:
         time.sleep(1)
         for proc in [stack.api, stack.sim, *stack.workers]:

@@ -132,6 +132,7 @@ async def post_tasks(request: Request, state: State) -> Response:
             store=state.store,
             hub=state.hub,
             tokens=state.tokens,
+            outbound=state.outbound,
         )
         slots = await batch.run(tasks)
         stream = next((slot.stream for slot in slots if slot.stream is not None), None)

@@ -14,18 +14,22 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from core.catalog import Catalog
+from core.deliveries import DeliveryStore
 from core.errors import InvalidRequest, ServiceUnavailable, TaskwireError
 from core.events import EventHub
 from core.keys import Keys
 from core.logging import configure_logging
+from core.outbound import OutboundPolicy
 from core.settings import Settings
 from core.store import TaskStore
+from core.webhooks import WebhookSecrets
 from service.api import error_response, json_response, router
 from service.auth import KeyRing
 from service.events_api import router as events_router
 from service.pages import router as pages_router
 from service.state import AppState
 from service.tokens import StreamTokens, load_secret
+from service.webhooks_api import router as webhooks_router
 
 log = structlog.get_logger("taskwire.service")
 
@@ -54,7 +58,23 @@ def create_app(settings: Settings) -> FastAPI:
         hub = EventHub(redis)
         await hub.start()
         tokens = StreamTokens(await load_secret(redis, settings), settings.stream_token_ttl_s)
-        app.state.taskwire = AppState(settings, catalog, keyring, redis, store, hub, tokens)
+        app.state.taskwire = AppState(
+            settings,
+            catalog,
+            keyring,
+            redis,
+            store,
+            hub,
+            tokens,
+            outbound=OutboundPolicy(settings.outbound_allow_cidrs),
+            webhook_secrets=WebhookSecrets(redis, store.keys),
+            deliveries=DeliveryStore(
+                redis,
+                store.keys,
+                retention_s=settings.task_retention_s,
+                schedule_s=sum(settings.webhook_schedule_s),
+            ),
+        )
         log.info("service.started", models=catalog.ids(), api_keys=len(keyring))
         try:
             yield
@@ -72,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(events_router)
     app.include_router(pages_router)
+    app.include_router(webhooks_router)
 
     @app.get("/health")
     async def health(request: Request) -> Response:

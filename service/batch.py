@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.catalog import Catalog
+from core.deliveries import DeliveryState
 from core.errors import (
     InvalidRequest,
     ServiceUnavailable,
@@ -20,6 +21,7 @@ from core.errors import (
 )
 from core.events import EventHub, Subscription, TaskEvents
 from core.keys import TaskRef
+from core.outbound import OutboundPolicy, OutboundRefused, OutboundUnresolvable, check_url
 from core.protocol import (
     GetResponseTask,
     PingTask,
@@ -30,7 +32,7 @@ from core.protocol import (
     processing_item,
 )
 from core.settings import Settings
-from core.store import NewTask, TaskStore
+from core.store import NewTask, TaskRecord, TaskStore
 from service.delivery import collect_results, confirmed, result_items, watching
 from service.streaming import ChunkRenderer
 from service.tokens import StreamTokens
@@ -98,6 +100,7 @@ class Batch:
         store: TaskStore,
         hub: EventHub,
         tokens: StreamTokens,
+        outbound: OutboundPolicy,
     ):
         self.owner = owner
         self.settings = settings
@@ -105,6 +108,7 @@ class Batch:
         self.store = store
         self.hub = hub
         self.tokens = tokens
+        self.outbound = outbound
         self.slots: list[Slot] = []
 
     async def run(self, raw_tasks: list[Any]) -> list[Slot]:
@@ -156,6 +160,11 @@ class Batch:
                         watching(self.hub, self.store, ref)
                     )
                 prepared = self._prepare(slot, slot.task)
+                if prepared is not None and slot.task.webhookURL is not None:
+                    refusal = await self._refuse_webhook(slot.task.webhookURL)
+                    if refusal is not None:
+                        slot.errors.append(refusal)
+                        prepared = None
                 if prepared is not None:
                     prepared.sub = sub
                     inference.append(prepared)
@@ -249,12 +258,38 @@ class Batch:
             )
         else:
             record = await self.store.get(w.ref)
-            known = dict(record.results) if record is not None else {}
-            w.slot.items.extend(self._with_stream_url(uuid, result_items(uuid, n, known)))
+            if record is not None:
+                w.slot.items.extend(self._state_items(record))
 
-    def _with_stream_url(self, task_uuid: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        url = self.tokens.stream_url(self.owner, task_uuid)
-        return [{**item, "streamURL": url} for item in items]
+    def _state_items(self, record: TaskRecord) -> list[dict[str, Any]]:
+        """A task's current state, one item per result: as getResponse shows it, with the
+        task's streamURL and, for a task with a webhook, each result's delivery state."""
+        uuid = record.ref.uuid
+        url = self.tokens.stream_url(self.owner, uuid)
+        items = []
+        for item in result_items(uuid, record.number_results, record.results):
+            shown = {**item, "streamURL": url}
+            delivery = record.deliveries.get(item["resultIndex"])
+            if delivery is not None:
+                shown["webhook"] = DeliveryState(**delivery).public()
+            items.append(shown)
+        return items
+
+    async def _refuse_webhook(self, url: str) -> InvalidRequest | None:
+        """The outbound guard's verdict on a webhook URL at submit time. A name that does not
+        resolve now is accepted: delivery checks again, and retries on its schedule."""
+        try:
+            async with asyncio.timeout(self.settings.outbound_resolve_timeout_s):
+                await check_url(url, self.outbound)
+        except (OutboundUnresolvable, TimeoutError):
+            return None
+        except OutboundRefused as exc:
+            return InvalidRequest(
+                f"webhookURL is not allowed: {exc}.",
+                code="invalidWebhookURL",
+                parameter="webhookURL",
+            )
+        return None
 
     # --- getResponse
 
@@ -271,20 +306,10 @@ class Batch:
                     )
                 )
                 continue
-            slot.items.extend(
-                self._with_stream_url(
-                    ref.uuid, result_items(ref.uuid, record.number_results, record.results)
-                )
-            )
+            slot.items.extend(self._state_items(record))
 
 
 def _not_yet_supported(task: TextInferenceTask) -> InvalidRequest | None:
-    if task.webhookURL is not None:
-        return InvalidRequest(
-            "webhookURL is not available on this server yet.",
-            code="invalidWebhookURL",
-            parameter="webhookURL",
-        )
     if task.inputs is not None:
         return InvalidRequest(
             "inputs.images is not available on this server yet.",

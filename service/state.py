@@ -8,9 +8,12 @@ from fastapi import Request
 from redis.asyncio import Redis
 
 from core.catalog import Catalog
+from core.deliveries import DeliveryStore
 from core.events import EventHub
+from core.outbound import OutboundPolicy
 from core.settings import Settings
 from core.store import TaskStore
+from core.webhooks import WebhookSecrets
 from service.auth import KeyRing
 from service.tokens import StreamTokens
 
@@ -24,6 +27,9 @@ class AppState:
     store: TaskStore
     hub: EventHub
     tokens: StreamTokens
+    outbound: OutboundPolicy
+    webhook_secrets: WebhookSecrets
+    deliveries: DeliveryStore
 
 
 async def get_state(request: Request) -> AppState:

@@ -13,9 +13,10 @@ from redis.exceptions import RedisError
 from core.keys import TaskRef
 from core.protocol import TextInferenceTask, error_item
 from core.settings import Settings
-from core.store import FinishOutcome, JobInput, TaskStore
+from core.store import FinishOutcome, FollowUpJob, JobInput, TaskStore
 from worker.inference import Inference, InferenceOutcome
 from worker.publisher import ResultPublisher
+from worker.webhooks import WebhookDeliverer
 
 log = structlog.get_logger("taskwire.jobs")
 
@@ -25,6 +26,7 @@ class WorkerDeps:
     settings: Settings
     store: TaskStore
     inference: Inference
+    webhooks: WebhookDeliverer
 
 
 async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int) -> None:
@@ -69,7 +71,8 @@ async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int
         )
         try:
             outcome = await _produce(deps, task, index, job.seed, publisher, job_try)
-            finish = await _finish(deps.store, publisher, outcome.item)
+            delivery = deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
+            finish = await _finish(publisher, outcome.item, delivery)
             ctx["settled"].add(job_id)
         except BaseException:
             publisher.close()
@@ -140,14 +143,15 @@ async def _produce(
 
 
 async def _finish(
-    store: TaskStore, publisher: ResultPublisher, item: dict[str, Any]
+    publisher: ResultPublisher, item: dict[str, Any], then: FollowUpJob | None
 ) -> FinishOutcome:
-    """Write the final result, riding out a short Redis outage (the write is idempotent)."""
+    """Write the final result (and enqueue its webhook delivery), riding out a short Redis
+    outage (the write is idempotent)."""
     delay = 0.05
     deadline = time.monotonic() + 30
     while True:
         try:
-            return await publisher.finish(item)
+            return await publisher.finish(item, then)
         except (RedisError, OSError) as exc:
             if time.monotonic() > deadline:
                 raise

@@ -15,17 +15,22 @@ from arq.worker import func
 from redis.asyncio import ConnectionPool
 
 from core.catalog import Catalog
-from core.keys import RUN_RESULT_JOB, Keys
+from core.deliveries import DeliveryStore
+from core.keys import DELIVER_WEBHOOK_JOB, RUN_RESULT_JOB, Keys
 from core.logging import configure_logging
+from core.outbound import OutboundPolicy
 from core.queue import JobQueue
 from core.settings import Settings
 from core.store import TaskStore
+from core.webhooks import RetrySchedule, WebhookSecrets
+from worker.http_guard import GuardedClient
 from worker.inference import Inference
 from worker.jobs import WorkerDeps, run_result
 from worker.providers.base import Adapter
 from worker.providers.openai_chat import OpenAIChatAdapter
 from worker.queue import QueueWorker, json_deserializer, json_serializer
 from worker.retry import RetryPolicy
+from worker.webhooks import WebhookDeliverer, deliver_webhook
 
 log = structlog.get_logger("taskwire.worker")
 
@@ -46,6 +51,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         follow_redirects=False,
     )
     ctx["http"] = client
+    guarded = GuardedClient(
+        OutboundPolicy(settings.outbound_allow_cidrs), deadline_s=settings.webhook_timeout_s
+    )
+    ctx["guarded_http"] = guarded
     ctx["deps"] = WorkerDeps(
         settings=settings,
         store=TaskStore(
@@ -66,6 +75,18 @@ async def on_startup(ctx: dict[str, Any]) -> None:
                 retry_after_cap_s=settings.upstream_retry_after_cap_s,
             ),
         ),
+        webhooks=WebhookDeliverer(
+            deliveries=DeliveryStore(
+                ctx["redis"],
+                keys,
+                retention_s=settings.task_retention_s,
+                schedule_s=sum(settings.webhook_schedule_s),
+            ),
+            secrets=WebhookSecrets(ctx["redis"], keys),
+            client=guarded,
+            schedule=RetrySchedule(tuple(settings.webhook_schedule_s), settings.webhook_jitter),
+            max_response_bytes=settings.webhook_max_response_bytes,
+        ),
     )
 
 
@@ -73,6 +94,9 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     client: httpx.AsyncClient | None = ctx.get("http")
     if client is not None:
         await client.aclose()
+    guarded: GuardedClient | None = ctx.get("guarded_http")
+    if guarded is not None:
+        await guarded.aclose()
     log.info("worker.stopped")
 
 
@@ -92,12 +116,20 @@ def build_worker(settings: Settings) -> QueueWorker:
     return QueueWorker(
         functions=[
             func(
+                deliver_webhook,
+                name=DELIVER_WEBHOOK_JOB,
+                timeout=settings.webhook_timeout_s + 30,
+                keep_result=0,
+                # attempts are scheduled by the job itself; tries also count crash re-runs
+                max_tries=3 * len(settings.webhook_schedule_s) + 10,
+            ),
+            func(
                 run_result,
                 name=RUN_RESULT_JOB,
                 timeout=backstop_s,
                 keep_result=0,
                 max_tries=settings.job_max_tries + 1,
-            )
+            ),
         ],
         queue_name=settings.queue_name,
         redis_pool=redis,

@@ -11,7 +11,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from core.keys import TaskRef
-from core.store import FinishOutcome, TaskStore
+from core.store import FinishOutcome, FollowUpJob, TaskStore
 
 log = structlog.get_logger("taskwire.publisher")
 
@@ -168,9 +168,9 @@ class ResultPublisher:
 
     # --- the end
 
-    async def finish(self, item: dict[str, Any]) -> FinishOutcome:
+    async def finish(self, item: dict[str, Any], then: FollowUpJob | None = None) -> FinishOutcome:
         """Append whatever is unsent and the final result in one step (never overwriting a
-        final result another run already wrote)."""
+        final result another run already wrote), enqueuing `then` with it."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -181,7 +181,9 @@ class ResultPublisher:
         pending, self._outbox = self._outbox, []
         final = {"t": "f", "i": self._index, "a": self._attempt, "r": item}
         try:
-            outcome = await self._store.finish_result(self._ref, self._index, item, final, pending)
+            outcome = await self._store.finish_result(
+                self._ref, self._index, item, final, pending, then
+            )
         except BaseException:
             self._outbox[:0] = pending
             raise

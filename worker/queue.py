@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 import structlog
@@ -44,6 +45,7 @@ class QueueWorker(Worker):
         self._worker_key = worker_key
         self._wake: asyncio.Event | None = None
         self._saturated = False
+        self._next_due: float | None = None
         self._background: list[asyncio.Task[None]] = []
         # Shared with jobs through ctx: task records read at claim time, and the jobs that
         # settled themselves (recorded their result and removed their arq job).
@@ -87,8 +89,12 @@ class QueueWorker(Worker):
                     backoff = min(backoff * 2, 2.0)
                     continue
                 backoff = 0.05
+                wait = self.poll_delay_s
+                if self._next_due is not None:
+                    # a scheduled retry or a lapsing lease: look again right when it is due
+                    wait = min(wait, max(self._next_due - time.time(), 0.001))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                    await asyncio.wait_for(self._wake.wait(), wait)
         finally:
             for task in self._background:
                 task.cancel()
@@ -109,7 +115,7 @@ class QueueWorker(Worker):
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             free = self.max_jobs - self.job_counter
-            claimed = await self.job_queue.claim(free)
+            claimed, self._next_due = await self.job_queue.claim(free)
             for job in claimed:
                 self.prefetched[job.job_id] = job.job_input
                 self._start(job.job_id, job.score)

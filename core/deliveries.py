@@ -1,0 +1,182 @@
+"""Webhook delivery state in Redis: one record per result, kept beside the result itself."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from core.keys import DELIVER_WEBHOOK_JOB, Keys, TaskRef
+from core.store import FollowUpJob, arq_job
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    state: str = "pending"  # pending | delivered | failed
+    attempts: int = 0  # every attempt ever made
+    cycle: int = 0  # attempts in the current schedule (a re-send starts a new one)
+    last_status: int | None = None
+    last_error: str | None = None
+    next_at: float | None = None  # epoch seconds of the next attempt, while pending
+    delivered_at: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> DeliveryState:
+        return cls(**json.loads(raw))
+
+    def public(self) -> dict[str, Any]:
+        """The state as getResponse items show it."""
+        shown: dict[str, Any] = {"state": self.state, "attempts": self.attempts}
+        if self.last_status is not None:
+            shown["lastStatus"] = self.last_status
+        if self.last_error is not None:
+            shown["lastError"] = self.last_error
+        if self.next_at is not None and self.state == "pending":
+            shown["nextAttemptAt"] = _iso(self.next_at)
+        if self.delivered_at is not None:
+            shown["deliveredAt"] = _iso(self.delivered_at)
+        return shown
+
+    def resent(self, now: float) -> DeliveryState:
+        return replace(self, state="pending", cycle=0, next_at=now)
+
+
+def _iso(epoch: float) -> str:
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def delivery_field(index: int) -> str:
+    return f"w:{index}"
+
+
+# KEYS: task, queue, job, in-progress, retry. ARGV: field, state, task ttl s, next score ms
+# (or ''), job id, job ttl ms, wake channel. Records an attempt; then either puts the job back
+# in the queue for its next attempt (waking workers, so they know when it falls due), or
+# settles it.
+_RECORD = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('DEL', KEYS[4])
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+  redis.call('PUBLISH', ARGV[7], '1')
+else
+  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+  redis.call('ZREM', KEYS[2], ARGV[5])
+end
+return 1
+"""
+
+# KEYS: task, queue. ARGV: wake channel, now ms, task ttl s, then per result: field, state,
+# job id, job key, job payload, job ttl ms. Re-sends deliveries that are not pending.
+_RESEND = """
+local resent = {}
+for i = 4, #ARGV, 6 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if current and cjson.decode(current).state ~= 'pending' then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5])
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i + 2])
+    resent[#resent + 1] = ARGV[i]
+  end
+end
+if #resent > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('PUBLISH', ARGV[1], '1')
+end
+return resent
+"""
+
+
+@dataclass(slots=True)
+class PendingDelivery:
+    url: str
+    item: dict[str, Any]
+    state: DeliveryState
+
+
+class DeliveryStore:
+    def __init__(self, redis: Redis, keys: Keys, *, retention_s: int, schedule_s: float):
+        self._redis = redis
+        self.keys = keys
+        self.retention_s = retention_s
+        # A delivery job must outlive its whole schedule, then the retention period.
+        self.job_ttl_ms = int((schedule_s + retention_s) * 1000)
+        self._record = redis.register_script(_RECORD)
+        self._resend = redis.register_script(_RESEND)
+
+    def first_job(self, ref: TaskRef, index: int) -> FollowUpJob:
+        """The delivery job a final result enqueues (core.store.TaskStore.finish_result)."""
+        return FollowUpJob(
+            job_id=self.keys.delivery_job_id(ref, index),
+            function=DELIVER_WEBHOOK_JOB,
+            args=[ref.owner, ref.uuid, index],
+            ttl_ms=self.job_ttl_ms,
+            field=delivery_field(index),
+            value=DeliveryState(next_at=time.time()).to_json(),
+        )
+
+    async def load(self, ref: TaskRef, index: int) -> PendingDelivery | None:
+        """The URL, the result item and the delivery state, or None if any is gone."""
+        req, item, state = await self._redis.hmget(  # type: ignore[misc]
+            self.keys.task(ref), ["req", f"r:{index}", delivery_field(index)]
+        )
+        if req is None or item is None or state is None:
+            return None
+        url = json.loads(req).get("webhookURL")
+        if not url:
+            return None
+        return PendingDelivery(url, json.loads(item), DeliveryState.from_json(state))
+
+    async def record(
+        self, ref: TaskRef, index: int, state: DeliveryState, retry_in_s: float | None
+    ) -> None:
+        """Store an attempt's outcome; reschedule the job (`retry_in_s`) or settle it."""
+        job_id = self.keys.delivery_job_id(ref, index)
+        next_score = "" if retry_in_s is None else str(int((time.time() + retry_in_s) * 1000))
+        task_ttl = self.retention_s + int(retry_in_s or 0)
+        await self._record(
+            keys=[
+                self.keys.task(ref),
+                self.keys.queue,
+                self.keys.job(job_id),
+                self.keys.in_progress(job_id),
+                self.keys.retry(job_id),
+            ],
+            args=[
+                delivery_field(index),
+                state.to_json(),
+                task_ttl,
+                next_score,
+                job_id,
+                self.job_ttl_ms,
+                self.keys.wake,
+            ],
+        )
+
+    async def resend(self, ref: TaskRef, states: dict[int, DeliveryState]) -> list[int]:
+        """Start a new schedule for the given results' deliveries (those not pending)."""
+        now = time.time()
+        args: list[Any] = [self.keys.wake, int(now * 1000), self.retention_s]
+        for index, state in states.items():
+            job = self.first_job(ref, index)
+            args += [
+                delivery_field(index),
+                state.resent(now).to_json(),
+                job.job_id,
+                self.keys.job(job.job_id),
+                arq_job(job.function, job.args, int(now * 1000)),
+                self.job_ttl_ms,
+            ]
+        resent = await self._resend(keys=[self.keys.task(ref), self.keys.queue], args=args)
+        return [int(field.decode().removeprefix("w:")) for field in resent]

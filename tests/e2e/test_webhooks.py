@@ -1,0 +1,256 @@
+"""Webhook delivery end to end, to real receivers on loopback (allow-listed for the tests)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from devenv.stack import Stack
+from tests.conftest import KEY_A, KEY_B, Api, StackFactory, text_task
+from tests.receiver import Receiver, running_receiver, wait_for
+
+WEBHOOK_ENV = {
+    "TASKWIRE_OUTBOUND_ALLOW_CIDRS": "127.0.0.0/8,::1/128",
+    # a compressed schedule: four attempts over two seconds
+    "TASKWIRE_WEBHOOK_SCHEDULE_S": "0,0.3,0.5,1.2",
+    "TASKWIRE_WEBHOOK_JITTER": "0",
+    "TASKWIRE_WEBHOOK_TIMEOUT_S": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def hooks_stack(tmp_path_factory: pytest.TempPathFactory, redis_binary: str) -> Iterator[Stack]:
+    from devenv.stack import StackConfig
+    from tests.conftest import TEST_SETTINGS, write_catalog
+
+    root = tmp_path_factory.mktemp("hooks")
+    stack = Stack(
+        StackConfig(
+            root=root,
+            api_keys=[KEY_A, KEY_B],
+            catalog_path=write_catalog(root),
+            env={**TEST_SETTINGS, **WEBHOOK_ENV},
+        )
+    ).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def api(hooks_stack: Stack) -> Iterator[Api]:
+    client = Api(hooks_stack)
+    yield client
+    client.close()
+
+
+def secret(api: Api, key: str = KEY_A) -> str:
+    response = api.http.get("/v1/webhooks/secret", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    value: str = response.json()["secret"]
+    return value
+
+
+def webhook_state(api: Api, task_uuid: str) -> list[dict[str, Any]]:
+    return [item.get("webhook", {}) for item in api.get_response(task_uuid).json()["data"]]
+
+
+def wait_state(api: Api, task_uuid: str, state: str, timeout: float = 20) -> list[dict]:
+    found: list[dict] = []
+
+    def reached() -> bool:
+        nonlocal found
+        found = webhook_state(api, task_uuid)
+        return bool(found) and all(w.get("state") == state for w in found)
+
+    wait_for(reached, timeout, f"webhooks of {task_uuid} to be {state}")
+    return found
+
+
+def test_each_result_is_delivered_signed(api: Api, receiver: Receiver) -> None:
+    url = receiver.answer("/ok-each")
+    task = text_task(
+        "[[sim:tokens=6]]",
+        deliveryMethod="async",
+        numberResults=3,
+        includeUsage=True,
+        webhookURL=url,
+    )
+    api.post([task])
+    states = wait_state(api, task["taskUUID"], "delivered")
+    assert [s["attempts"] for s in states] == [1, 1, 1]
+    assert all(s["lastStatus"] == 200 and "deliveredAt" in s for s in states)
+    requests = receiver.requests("/ok-each")
+    assert len(requests) == 3  # one POST per result
+    verifier = Webhook(secret(api))
+    items = {
+        item["resultIndex"]: item for item in api.get_response(task["taskUUID"]).json()["data"]
+    }
+    ids = set()
+    for request in requests:
+        payload = verifier.verify(request.body, request.headers)  # raises if not genuine
+        [item] = payload["data"]
+        shown = items[item["resultIndex"]]
+        assert item == {k: v for k, v in shown.items() if k not in ("streamURL", "webhook")}
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["webhook-signature"].startswith("v1,")
+        ids.add(request.headers["webhook-id"])
+    assert len(ids) == 3
+
+
+def test_sync_and_stream_tasks_deliver_too(api: Api, receiver: Receiver) -> None:
+    url = receiver.answer("/ok-sync")
+    task = text_task("[[sim:tokens=4]]", webhookURL=url)
+    [item] = api.post([task]).json()["data"]
+    wait_state(api, task["taskUUID"], "delivered")
+    [request] = receiver.requests("/ok-sync")
+    assert json.loads(request.body) == {"data": [item]}
+
+
+def test_500_then_200_delivers_once_with_the_same_id(api: Api, receiver: Receiver) -> None:
+    url = receiver.answer("/flaky", (500, {}, 0), (200, {}, 0))
+    task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+    api.post([task])
+    [state] = wait_state(api, task["taskUUID"], "delivered")
+    assert state["attempts"] == 2
+    first, second = receiver.requests("/flaky")
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    verifier = Webhook(secret(api))
+    verifier.verify(first.body, first.headers)
+    verifier.verify(second.body, second.headers)
+
+
+def test_410_stops(api: Api, receiver: Receiver) -> None:
+    url = receiver.answer("/gone", (410, {}, 0))
+    task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+    api.post([task])
+    [state] = wait_state(api, task["taskUUID"], "failed")
+    assert state["lastStatus"] == 410
+    assert "410" in state["lastError"]
+    assert len(receiver.requests("/gone")) == 1
+
+
+def test_redirects_are_not_followed(api: Api, receiver: Receiver) -> None:
+    target = receiver.answer("/redirect-target")
+    url = receiver.answer("/redirect", (302, {"Location": target}, 0))
+    task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+    api.post([task])
+    [state] = wait_state(api, task["taskUUID"], "failed")
+    assert state["attempts"] == 4
+    assert "redirect" in state["lastError"]
+    assert len(receiver.requests("/redirect")) == 4
+    assert receiver.requests("/redirect-target") == []
+
+
+def test_retry_after_is_honoured(api: Api, receiver: Receiver) -> None:
+    url = receiver.answer("/busy", (429, {"Retry-After": "1"}, 0), (200, {}, 0))
+    task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+    api.post([task])
+    wait_state(api, task["taskUUID"], "delivered")
+    first, second = receiver.requests("/busy")
+    # the schedule's next step is 0.3 s; the receiver asked for 1 s
+    assert second.at - first.at >= 1.0
+
+
+def test_a_hanging_receiver_is_cut_off(api: Api, receiver: Receiver) -> None:
+    url = receiver.answer("/hang", (200, {}, 5), (200, {}, 0))
+    task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+    api.post([task])
+    [state] = wait_state(api, task["taskUUID"], "delivered")
+    assert state["attempts"] == 2
+    first, second = receiver.requests("/hang")
+    assert second.at - first.at < 4  # the first attempt was abandoned at the 1 s timeout
+
+
+def test_down_for_the_whole_schedule_then_resent(api: Api, receiver: Receiver) -> None:
+    url = receiver.answer("/down", (503, {}, 0))
+    task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+    api.post([task])
+    [state] = wait_state(api, task["taskUUID"], "failed")
+    assert state["attempts"] == 4
+    assert state["lastStatus"] == 503
+    assert "nextAttemptAt" not in state
+    # the receiver is back; the client asks for the delivery again
+    receiver.answer("/down", (200, {}, 0))
+    response = api.http.post(
+        f"/v1/tasks/{task['taskUUID']}/webhooks/redeliver",
+        headers={"Authorization": f"Bearer {KEY_A}"},
+    )
+    assert response.status_code == 202
+    assert response.json()["data"][0]["resent"] is True
+    [state] = wait_state(api, task["taskUUID"], "delivered")
+    assert state["attempts"] == 5
+    requests = receiver.requests("/down")
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    # another key cannot trigger it; a task without a webhook is refused
+    response = api.http.post(
+        f"/v1/tasks/{task['taskUUID']}/webhooks/redeliver",
+        headers={"Authorization": f"Bearer {KEY_B}"},
+    )
+    assert response.status_code == 404
+
+
+def test_secret_rotation_signs_with_both(api: Api, receiver: Receiver) -> None:
+    old = secret(api, KEY_B)
+    assert old.startswith("whsec_")
+    rotated = api.http.post(
+        "/v1/webhooks/secret/rotate", headers={"Authorization": f"Bearer {KEY_B}"}
+    ).json()
+    new = rotated["secret"]
+    assert new != old and secret(api, KEY_B) == new
+    url = receiver.answer("/rotated")
+    task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+    api.post([task], key=KEY_B)
+    wait_for(lambda: len(receiver.requests("/rotated")) == 1, 20, "the delivery")
+    [request] = receiver.requests("/rotated")
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    Webhook(new).verify(request.body, request.headers)
+    Webhook(old).verify(request.body, request.headers)
+    assert secret(api, KEY_A) != new  # each key has its own
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/hook",
+        "http://[::ffff:192.168.1.1]/hook",
+        "http://0x0a000001/hook",
+        "http://100.64.1.1/hook",
+        "http://[fd00::1]/hook",
+        "http://0.0.0.0/hook",
+        "ftp://example.com/hook",
+    ],
+)
+def test_forbidden_urls_are_refused_at_submit(api: Api, url: str) -> None:
+    response = api.post([text_task(webhookURL=url)])
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["code"] == "invalidWebhookURL"
+    assert error["parameter"] == "webhookURL"
+
+
+def test_worker_killed_during_delivery(make_stack: StackFactory) -> None:
+    with running_receiver() as receiver:
+        stack = make_stack(env={"TASKWIRE_OUTBOUND_ALLOW_CIDRS": "127.0.0.0/8"})
+        api = Api(stack)
+        url = receiver.answer("/slow", (200, {}, 30), (200, {}, 0))
+        task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+        api.post([task])
+        wait_for(lambda: len(receiver.requests("/slow")) == 1, 20, "the first attempt")
+        stack.workers[0].kill()  # mid-delivery
+        stack.start_worker()
+        [state] = wait_state(api, task["taskUUID"], "delivered", timeout=40)
+        first, second = receiver.requests("/slow")
+        assert first.headers["webhook-id"] == second.headers["webhook-id"]
+        assert state["state"] == "delivered"
+        api.close()

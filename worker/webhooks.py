@@ -1,0 +1,124 @@
+"""The arq job that delivers one result to its webhook: signed, retried on a schedule."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+import structlog
+
+from core.deliveries import DeliveryState, DeliveryStore
+from core.keys import TaskRef
+from core.outbound import OutboundRefused
+from core.webhooks import RetrySchedule, WebhookSecrets, message_id, signature_header
+from worker.http_guard import GuardedClient
+from worker.providers.base import parse_retry_after
+
+log = structlog.get_logger("taskwire.webhooks")
+USER_AGENT = "taskwire-webhooks/1.0"
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(slots=True)
+class WebhookDeliverer:
+    deliveries: DeliveryStore
+    secrets: WebhookSecrets
+    client: GuardedClient
+    schedule: RetrySchedule
+    max_response_bytes: int = 4096
+
+    async def attempt(self, url: str, msg_id: str, owner: str, body: bytes) -> AttemptResult:
+        """POST once. The timestamp (and so the signature) is fresh on every attempt."""
+        timestamp = int(time.time())
+        secret = await self.secrets.get(owner)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(secret.in_use(), msg_id, timestamp, body),
+        }
+        try:
+            response = await self.client.request(
+                "POST", url, content=body, headers=headers, max_body_bytes=self.max_response_bytes
+            )
+        except OutboundRefused as exc:
+            return AttemptResult(error=f"refused by the outbound guard: {exc}")
+        except TimeoutError:
+            return AttemptResult(error=f"no answer within {self.client.deadline_s:g} s")
+        except httpx.HTTPError as exc:
+            return AttemptResult(error=f"connection failed ({type(exc).__name__})")
+        retry_after = None
+        if response.status in (429, 503):
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return AttemptResult(status=response.status, retry_after=retry_after)
+
+    def next_state(
+        self, state: DeliveryState, outcome: AttemptResult
+    ) -> tuple[DeliveryState, float | None]:
+        """The state after an attempt, and the delay before the next one (None: no more)."""
+        now = time.time()
+        done = replace(
+            state,
+            attempts=state.attempts + 1,
+            cycle=state.cycle + 1,
+            last_status=outcome.status,
+            last_error=outcome.error,
+            next_at=None,
+        )
+        status = outcome.status
+        if status is not None and 200 <= status < 300:
+            return replace(done, state="delivered", last_error=None, delivered_at=now), None
+        if status == 410:
+            return replace(
+                done, state="failed", last_error="the receiver answered 410 Gone: delivery stopped"
+            ), None
+        if status is not None and 300 <= status < 400:
+            done = replace(done, last_error=f"redirect ({status}) not followed")
+        elif status is not None:
+            done = replace(done, last_error=f"the receiver answered {status}")
+        delay = self.schedule.delay_before(done.cycle + 1)
+        if delay is None:
+            return replace(done, state="failed"), None
+        if outcome.retry_after is not None:
+            # Honour the receiver's Retry-After, within the schedule's longest wait.
+            delay = min(max(delay, outcome.retry_after), max(self.schedule.delays_s))
+        return replace(done, next_at=now + delay), delay
+
+
+async def deliver_webhook(ctx: dict[str, Any], owner: str, task_uuid: str, index: int) -> None:
+    """Attempt one delivery of result `index` and record its outcome (idempotent per state)."""
+    deliverer: WebhookDeliverer = ctx["deps"].webhooks
+    ref = TaskRef(owner, task_uuid)
+    pending = await deliverer.deliveries.load(ref, index)
+    if pending is None or pending.state.state != "pending":
+        log.info("webhook.nothing_to_deliver", task_uuid=task_uuid, result_index=index)
+        return
+    msg_id = message_id(task_uuid, index)
+    body = json.dumps({"data": [pending.item]}, separators=(",", ":"), ensure_ascii=False).encode()
+    started = time.monotonic()
+    outcome = await deliverer.attempt(pending.url, msg_id, owner, body)
+    state, retry_in = deliverer.next_state(pending.state, outcome)
+    await deliverer.deliveries.record(ref, index, state, retry_in)
+    ctx["settled"].add(ctx["job_id"])
+    log.info(
+        "webhook.attempt",
+        task_uuid=task_uuid,
+        result_index=index,
+        webhook_id=msg_id,
+        attempt=state.attempts,
+        status=outcome.status,
+        error=state.last_error,
+        state=state.state,
+        retry_in_s=None if retry_in is None else round(retry_in, 3),
+        latency_ms=round((time.monotonic() - started) * 1000, 2),
+    )
