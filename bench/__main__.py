@@ -12,7 +12,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, streaming
+from bench import foundation, streaming, webhooks
 from bench.common import start_stack
 from core.settings import PROJECT_ROOT
 
@@ -106,7 +106,29 @@ async def streaming_sections(args: argparse.Namespace) -> list[str]:
     return sections
 
 
-SUITES = {"foundation": foundation_sections, "streaming": streaming_sections}
+async def webhook_sections(args: argparse.Namespace) -> list[str]:
+    runs = []
+    for workers in (1, 2):
+        stack = start_stack(workers=workers, env=webhooks.WEBHOOK_ENV)
+        try:
+            if workers == 1:
+                print("webhook lag ...", flush=True)
+                lag = await webhooks.lag(stack, args.samples // 2)
+            print(f"webhook throughput, {workers} worker(s) ...", flush=True)
+            runs.append(await webhooks.throughput(stack, args.tasks))
+        finally:
+            stack.stop()
+    return [
+        "### Webhooks: deliveries per second\n\n" + webhooks.throughput_table(runs),
+        "### Webhooks: lag from a final result to its receipt\n\n" + webhooks.lag_table(lag),
+    ]
+
+
+SUITES = {
+    "foundation": foundation_sections,
+    "streaming": streaming_sections,
+    "webhooks": webhook_sections,
+}
 
 
 async def run(args: argparse.Namespace) -> str:
