@@ -1,4 +1,10 @@
-"""The simulator's HTTP app: upstream provider endpoints over real HTTP, with injectable faults."""
+"""The simulator's HTTP app: four upstream APIs over real HTTP, with injectable faults.
+
+- `POST /v1/chat/completions`  OpenAI Chat Completions (Vivgrid, OpenRouter, OpenAI)
+- `POST /v1/responses`         OpenAI Responses API (OurToken, OpenAI)
+- `POST /v1/{model}`           Segmind (`x-api-key`, `x-remaining-credits`)
+- `POST /runware/v1`           a Runware-style task API
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sim.chat import BadRequest, completion_body, completion_chunks, message_texts, plan_choices
+from sim import chat, responses, runware
+from sim.generation import BadRequest, SimRequest, plan
 from sim.scenario import Scenario
 from sim.timing import SimulatedDrop, _Flush
 
@@ -25,13 +32,26 @@ UPSTREAM_SECRET_MARKER = "org-SIMSECRET-7f3a"  # noqa: S105 (a marker, not a sec
 
 
 @dataclass
+class Call:
+    kind: str
+    prompt: str
+    body: Any
+    headers: dict[str, str]
+    images: list[dict[str, Any]]
+
+
+@dataclass
 class SimState:
     api_key: str | None
     defaults: Scenario
     seen: Counter[str] = field(default_factory=Counter)
+    calls: deque[Call] = field(default_factory=lambda: deque(maxlen=50_000))
     in_flight: int = 0
     peak_in_flight: int = 0
-    calls: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=50_000))
+    segmind_credits: float = 1000.0
+
+
+# --- errors in each API's own shape
 
 
 def openai_error(
@@ -39,6 +59,50 @@ def openai_error(
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def segmind_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def runware_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"errors": [{"code": "simulatedError", "message": message}]}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+ErrorFactory = Callable[[int, str, dict[str, str] | None], Response]
+
+
+def _openai(status: int, message: str, headers: dict[str, str] | None) -> Response:
+    kinds = {
+        429: ("tokens", "rate_limit_exceeded"),
+        401: ("invalid_request_error", "invalid_api_key"),
+    }
+    kind, code = kinds.get(
+        status, ("server_error" if status >= 500 else "invalid_request_error", None)
+    )
+    return openai_error(status, message, kind, code, headers)
+
+
+def fault_response(scenario: Scenario, errors: ErrorFactory) -> Response:
+    """The error answer for a scenario with a `status`, in the API's own format."""
+    assert scenario.status is not None
+    status = scenario.status
+    headers = {"Retry-After": scenario.retry_after} if scenario.retry_after is not None else {}
+    if status == 429:
+        message = (
+            f"Rate limit reached for gpt-5.4-mini in organization "
+            f"{UPSTREAM_SECRET_MARKER}. Please try again shortly."
+        )
+    elif status in (401, 403):
+        message = f"Incorrect API key provided: sk-{UPSTREAM_SECRET_MARKER}"
+    elif status == 406:
+        message = f"Not enough credits ({UPSTREAM_SECRET_MARKER})."
+    elif status >= 500:
+        message = f"The server had an error ({UPSTREAM_SECRET_MARKER})."
+    else:
+        message = f"Simulated failure ({UPSTREAM_SECRET_MARKER})."
+    return errors(status, message, headers)
 
 
 def misbehaves(state: SimState, scenario: Scenario, prompt: str) -> bool:
@@ -50,70 +114,29 @@ def misbehaves(state: SimState, scenario: Scenario, prompt: str) -> bool:
     return scenario.fail is None or state.seen[prompt] <= scenario.fail
 
 
-def error_response(scenario: Scenario) -> Response:
-    """The upstream error answer for a scenario with a `status`."""
-    assert scenario.status is not None
-    headers = {"Retry-After": scenario.retry_after} if scenario.retry_after is not None else None
-    status = scenario.status
-    if status == 429:
-        return openai_error(
-            429,
-            f"Rate limit reached for gpt-5.4-mini in organization {UPSTREAM_SECRET_MARKER} "
-            "on tokens per min. Please try again shortly.",
-            "tokens",
-            "rate_limit_exceeded",
-            headers,
-        )
-    if status in (401, 403):
-        return openai_error(
-            status,
-            f"Incorrect API key provided: sk-{UPSTREAM_SECRET_MARKER}",
-            "invalid_request_error",
-            "invalid_api_key",
-            headers,
-        )
-    if status >= 500:
-        return openai_error(
-            status,
-            f"The server had an error ({UPSTREAM_SECRET_MARKER}).",
-            "server_error",
-            None,
-            headers,
-        )
-    return openai_error(
-        status,
-        f"Simulated failure ({UPSTREAM_SECRET_MARKER}).",
-        "invalid_request_error",
-        None,
-        headers,
-    )
+# --- shared plumbing
 
 
-def check_bearer(state: SimState, request: Request) -> Response | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return openai_error(401, "You didn't provide an API key.", "invalid_request_error", None)
-    if state.api_key is not None and token != state.api_key:
-        return openai_error(
-            401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
-        )
-    return None
+def bearer_ok(state: SimState, request: Request, key: str | None = None) -> bool:
+    if key is None:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+    if not key:
+        return False
+    return state.api_key is None or key == state.api_key
 
 
-async def read_json(request: Request) -> dict[str, Any] | Response:
+async def read_json(request: Request) -> Any:
     try:
-        body = json.loads(await request.body())
+        return json.loads(await request.body())
     except ValueError:
-        return openai_error(
-            400, "We could not parse the JSON body of your request.", "invalid_request_error", None
-        )
-    if not isinstance(body, dict):
-        return openai_error(400, "The body must be a JSON object.", "invalid_request_error", None)
-    return body
+        raise BadRequest("We could not parse the JSON body of your request.", "body") from None
 
 
-def sse_response(events: AsyncIterator[dict[str, Any] | str | _Flush]) -> StreamingResponse:
+def sse_response(events: AsyncIterator[Any]) -> StreamingResponse:
+    """Server-sent events; `(name, data)` pairs become named events."""
+
     async def encode() -> AsyncIterator[bytes]:
         pending: list[str] = []
         async for event in events:
@@ -122,8 +145,16 @@ def sse_response(events: AsyncIterator[dict[str, Any] | str | _Flush]) -> Stream
                     yield "".join(pending).encode()
                     pending = []
                 continue
-            payload = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
-            pending.append(f"data: {payload}\n\n")
+            if isinstance(event, tuple):
+                name, data = event
+                pending.append(
+                    f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+                )
+            else:
+                payload = (
+                    event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
+                )
+                pending.append(f"data: {payload}\n\n")
         if pending:
             yield "".join(pending).encode()
 
@@ -132,47 +163,195 @@ def sse_response(events: AsyncIterator[dict[str, Any] | str | _Flush]) -> Stream
     )
 
 
-async def chat_completions(request: Request) -> Response:
+def record(state: SimState, kind: str, request: Request, body: Any, parsed: SimRequest) -> None:
+    headers = {
+        k: v for k, v in request.headers.items() if k in ("http-referer", "x-title", "user-agent")
+    }
+    images = [
+        {"kind": i.kind, "mime": i.mime, "bytes": i.size, "url": i.url} for i in parsed.images
+    ]
+    state.calls.append(Call(kind, parsed.prompt, body, headers, images))
+
+
+async def _stall(request: Request) -> Response:
+    """A non-streamed answer that never comes (until the client gives up)."""
+    while not await request.is_disconnected():  # noqa: ASYNC110 (ASGI has no event)
+        await asyncio.sleep(0.2)
+    return Response(status_code=499)
+
+
+async def _serve(
+    request: Request,
+    kind: str,
+    errors: ErrorFactory,
+    parse: Callable[[Any], SimRequest],
+    answer: Callable[[Any, SimRequest, Scenario], Any],
+    body: Any = None,
+) -> Response:
+    """The common path: parse, record, apply the scenario's faults, then answer."""
     state: SimState = request.app.state.sim
-    denied = check_bearer(state, request)
-    if denied is not None:
-        return denied
-    body = await read_json(request)
-    if isinstance(body, Response):
-        return body
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return openai_error(
-            400, "messages must be a non-empty array", "invalid_request_error", "invalid_value"
-        )
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return openai_error(
-            400, "you must provide a model parameter", "invalid_request_error", None
-        )
-    texts = message_texts(messages)
-    prompt = "\n".join(texts)
-    state.calls.append(("chat.completions", prompt))
-    scenario = state.defaults.with_directives(prompt)
-    if not misbehaves(state, scenario, prompt):
+    try:
+        if body is None:
+            body = await read_json(request)
+        parsed = parse(body)
+    except BadRequest as exc:
+        return errors(400, str(exc), None)
+    record(state, kind, request, body, parsed)
+    scenario = state.defaults.with_directives(parsed.prompt)
+    if not misbehaves(state, scenario, parsed.prompt):
         scenario = scenario.well_behaved()
     elif scenario.status is not None:
-        return error_response(scenario)
+        return fault_response(scenario, errors)
     try:
-        choices = plan_choices(body, scenario, prompt)
+        result = answer(body, parsed, scenario)
+        if asyncio.iscoroutine(result):
+            result = await result
     except BadRequest as exc:
-        return openai_error(400, str(exc), "invalid_request_error", "invalid_value")
-    if body.get("stream") is True:
-        options = body.get("stream_options") or {}
-        include_usage = bool(options.get("include_usage"))
-        return sse_response(completion_chunks(model, texts, choices, scenario, include_usage))
+        return errors(400, str(exc), None)
+    if isinstance(result, Response):
+        return result
+    return await _whole(request, scenario, result)
+
+
+async def _whole(request: Request, scenario: Scenario, body: Any) -> Response:
     if scenario.hang or scenario.hang_after is not None:
-        while not await request.is_disconnected():  # noqa: ASYNC110 (ASGI has no event)
-            await asyncio.sleep(0.2)
-        return Response(status_code=499)
+        return await _stall(request)
     if scenario.ttft_ms:
         await asyncio.sleep(scenario.ttft_ms / 1000)
-    return JSONResponse(completion_body(model, texts, choices))
+    return JSONResponse(body)
+
+
+# --- the four APIs
+
+
+async def chat_completions(request: Request) -> Response:
+    if not bearer_ok(request.app.state.sim, request):
+        return openai_error(
+            401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+        )
+
+    def answer(body: Any, parsed: SimRequest, scenario: Scenario) -> Any:
+        model = body.get("model") or ""
+        if not model:
+            raise BadRequest("you must provide a model parameter", "model")
+        generations = plan(parsed, scenario)
+        if body.get("stream") is True:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return sse_response(
+                chat.completion_chunks(model, parsed, generations, scenario, include_usage)
+            )
+        return chat.completion_body(model, parsed, generations, scenario)
+
+    return await _serve(request, "chat.completions", _openai, chat.parse_request, answer)
+
+
+async def responses_api(request: Request) -> Response:
+    if not bearer_ok(request.app.state.sim, request):
+        return openai_error(
+            401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+        )
+
+    def answer(body: Any, parsed: SimRequest, scenario: Scenario) -> Any:
+        model = body.get("model") or ""
+        if not model:
+            raise BadRequest("model is required", "model")
+        if body.get("stream") is True:
+            return sse_response(responses.response_events(model, parsed, scenario))
+        return responses.response_body(model, parsed, scenario)
+
+    return await _serve(request, "responses", _openai, responses.parse_request, answer)
+
+
+async def segmind(request: Request) -> Response:
+    state: SimState = request.app.state.sim
+    key = request.headers.get("x-api-key", "")
+    if not key or (state.api_key is not None and key != state.api_key):
+        return segmind_error(401, "Unauthorized: user authentication failed")
+
+    def answer(body: Any, parsed: SimRequest, scenario: Scenario) -> Any:
+        state.segmind_credits -= 0.01
+        headers = {"x-remaining-credits": f"{state.segmind_credits:.2f}"}
+        if "garbage" in scenario.flags:  # not a chat completion at all
+            return JSONResponse({"status": "ok", "output": "surprise"}, headers=headers)
+        generations = plan(parsed, scenario)
+        completion = chat.completion_body(
+            request.path_params["model"], parsed, generations, scenario
+        )
+        return JSONResponse(completion, headers=headers)
+
+    def errors(status: int, message: str, headers: dict[str, str] | None) -> Response:
+        return segmind_error(status, message, headers)
+
+    return await _serve(request, "segmind", errors, chat.parse_request, answer)
+
+
+async def segmind_wrong_method(_request: Request) -> Response:
+    return segmind_error(405, "Method Not Allowed")
+
+
+async def runware_tasks(request: Request) -> Response:
+    state: SimState = request.app.state.sim
+
+    def errors(status: int, message: str, headers: dict[str, str] | None) -> Response:
+        return runware_error(status, message, headers)
+
+    try:
+        body = await read_json(request)
+        key, tasks = runware.split_tasks(body)
+    except BadRequest as exc:
+        return errors(400, str(exc), None)
+    if not bearer_ok(state, request, key):
+        return runware_error(401, "Invalid API key.")
+    if len(tasks) != 1:
+        return errors(400, "the simulator takes one textInference task per request", None)
+    task = tasks[0]
+
+    def answer(_body: Any, parsed: SimRequest, scenario: Scenario) -> Any:
+        if task.get("deliveryMethod") == "stream":
+            return sse_response(runware.stream_chunks(task, parsed, scenario))
+        [generation] = plan(parsed, scenario)
+        return {"data": [runware.result_item(task, parsed, generation, scenario)]}
+
+    return await _serve(
+        request, "runware", errors, lambda _b: runware.parse_task(task), answer, body=body
+    )
+
+
+# --- test hooks
+
+
+async def calls(request: Request) -> Response:
+    """How many upstream calls had a prompt containing `contains`, and the last one."""
+    state: SimState = request.app.state.sim
+    needle = request.query_params.get("contains", "")
+    matching = [call for call in state.calls if needle in call.prompt]
+    last = matching[-1] if matching else None
+    return JSONResponse(
+        {
+            "count": len(matching),
+            "kinds": dict(Counter(call.kind for call in matching)),
+            "last": None
+            if last is None
+            else {
+                "kind": last.kind,
+                "body": last.body,
+                "headers": last.headers,
+                "images": last.images,
+            },
+        }
+    )
+
+
+async def stats(request: Request) -> Response:
+    """Requests in flight now and at the peak; POST resets the peak."""
+    state: SimState = request.app.state.sim
+    if request.method == "POST":
+        state.peak_in_flight = state.in_flight
+    return JSONResponse({"in_flight": state.in_flight, "peak_in_flight": state.peak_in_flight})
+
+
+async def health(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
 
 
 class _InFlight:
@@ -182,7 +361,7 @@ class _InFlight:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or scope["path"].startswith("/_sim"):
             await self.app(scope, receive, send)
             return
         state: SimState = scope["app"].state.sim
@@ -192,26 +371,6 @@ class _InFlight:
             await self.app(scope, receive, send)
         finally:
             state.in_flight -= 1
-
-
-async def stats(request: Request) -> Response:
-    """Test hook: requests in flight now and at the peak; POST resets the peak."""
-    state: SimState = request.app.state.sim
-    if request.method == "POST":
-        state.peak_in_flight = state.in_flight
-    return JSONResponse({"in_flight": state.in_flight, "peak_in_flight": state.peak_in_flight})
-
-
-async def calls(request: Request) -> Response:
-    """Test hook: how many upstream calls had a prompt containing `contains`."""
-    state: SimState = request.app.state.sim
-    needle = request.query_params.get("contains", "")
-    matching = [kind for kind, prompt in state.calls if needle in prompt]
-    return JSONResponse({"count": len(matching), "kinds": dict(Counter(matching))})
-
-
-async def health(_request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
 
 
 class _HideSimulatedDrops(logging.Filter):
@@ -236,6 +395,10 @@ def create_app(*, api_key: str | None = None, defaults: Scenario | None = None) 
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/responses", responses_api, methods=["POST"]),
+            Route("/runware/v1", runware_tasks, methods=["POST"]),
+            Route("/v1/{model}", segmind, methods=["POST"]),
+            Route("/v1/{model}", segmind_wrong_method, methods=["GET", "PUT", "DELETE"]),
             Route("/_sim/calls", calls, methods=["GET"]),
             Route("/_sim/stats", stats, methods=["GET", "POST"]),
             Route("/health", health, methods=["GET"]),

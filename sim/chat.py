@@ -1,84 +1,85 @@
-"""OpenAI Chat Completions as the simulator speaks it: request parsing and response shapes."""
+"""OpenAI Chat Completions as the simulator speaks it (OpenRouter's reasoning fields too)."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-from sim.generator import answer_tokens, apply_stop, count_prompt_tokens, reasoning_tokens
+from sim.generation import (
+    BadRequest,
+    Generation,
+    SimRequest,
+    Usage,
+    usage_of,
+)
+from sim.inputs import read_content
 from sim.scenario import Scenario
 from sim.timing import FLUSH, Pacer, SimulatedDrop, _Flush, hang_forever
 
 
-@dataclass(slots=True)
-class Choice:
-    index: int
-    tokens: list[str]
-    reasoning: list[str]
-    finish_reason: str
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
-
-
-def message_texts(messages: list[Any]) -> list[str]:
+def parse_request(body: dict[str, Any]) -> SimRequest:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty array", "messages")
     texts: list[str] = []
+    images: list[Any] = []
     for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(
-                part.get("text", "")
-                for part in content
-                if isinstance(part, dict) and part.get("type") in ("text", "input_text")
-            )
-    return texts
-
-
-def plan_choices(body: dict[str, Any], scenario: Scenario, prompt: str) -> list[Choice]:
-    """The choices a Chat Completions request produces, honouring n, seed, stop and limits."""
-    n = body.get("n", 1)
-    if not isinstance(n, int) or not 1 <= n <= 8:
-        raise BadRequest("n must be an integer between 1 and 8", "n")
+        if not isinstance(message, dict) or "role" not in message:
+            raise BadRequest("each message needs a role", "messages")
+        read_content(message.get("content"), texts, images)
+    tools = []
+    for tool in body.get("tools") or []:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not function.get("name"):
+            raise BadRequest("tools must be function tools with a name", "tools")
+        tools.append({"name": function["name"], "parameters": function.get("parameters") or {}})
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        choice = {"name": (choice.get("function") or {}).get("name")}
+    response_format = body.get("response_format") or {}
+    json_mode = {"json_object": "object", "json_schema": "schema"}.get(
+        response_format.get("type", "")
+    )
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    effort = body.get("reasoning_effort")
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):  # OpenRouter's reasoning object
+        effort = "none" if reasoning.get("enabled") is False else reasoning.get("effort", "medium")
     seed = body.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise BadRequest("seed must be an integer", "seed")
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise BadRequest(
-            "max_completion_tokens must be a positive integer", "max_completion_tokens"
-        )
+    if limit is not None and not isinstance(limit, int):
+        raise BadRequest("max_completion_tokens must be an integer", "max_completion_tokens")
     stop = body.get("stop") or []
-    if isinstance(stop, str):
-        stop = [stop]
-    choices = []
-    for index in range(n):
-        tokens = answer_tokens(seed, prompt, index, scenario.tokens)
-        tokens, stopped = apply_stop(tokens, stop)
-        finish = "stop"
-        if limit is not None and len(tokens) > limit:
-            tokens, finish = tokens[:limit], "length"
-        reasoning = reasoning_tokens(seed, prompt, index, scenario.reasoning)
-        choices.append(Choice(index, tokens, reasoning, finish if not stopped else "stop"))
-    return choices
+    n = body.get("n", 1)
+    if not isinstance(n, int):
+        raise BadRequest("n must be an integer", "n")
+    return SimRequest(
+        texts=texts,
+        images=images,
+        tools=tools,
+        tool_choice=choice,
+        json_mode=json_mode,
+        json_schema=schema,
+        reasoning_effort=effort,
+        seed=seed,
+        n=n,
+        max_tokens=limit,
+        stop=[stop] if isinstance(stop, str) else list(stop),
+    )
 
 
-def usage_of(prompt_tokens: int, choices: list[Choice]) -> dict[str, Any]:
-    completion = sum(len(c.tokens) + len(c.reasoning) for c in choices)
+def usage_body(usage: Usage) -> dict[str, Any]:
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": sum(len(c.reasoning) for c in choices),
+            "reasoning_tokens": usage.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -86,35 +87,54 @@ def usage_of(prompt_tokens: int, choices: list[Choice]) -> dict[str, Any]:
     }
 
 
-def completion_body(model: str, prompt_texts: list[str], choices: list[Choice]) -> dict[str, Any]:
+def _tool_calls(g: Generation) -> list[dict[str, Any]]:
+    assert g.tool_call is not None
+    return [
+        {
+            "id": g.tool_call.id,
+            "type": "function",
+            "function": {"name": g.tool_call.name, "arguments": g.tool_call.arguments},
+        }
+    ]
+
+
+def completion_body(
+    model: str, request: SimRequest, generations: list[Generation], scenario: Scenario
+) -> dict[str, Any]:
+    choices = []
+    for g in generations:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(g.tokens) if not g.tool_call else None,
+            "refusal": None,
+        }
+        if g.tool_call:
+            message["tool_calls"] = _tool_calls(g)
+        if g.reasoning:
+            message["reasoning"] = "".join(g.reasoning)
+        choices.append(
+            {
+                "index": g.index,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": g.finish_reason,
+            }
+        )
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "fp_taskwire_sim",
-        "choices": [
-            {
-                "index": c.index,
-                "message": {
-                    "role": "assistant",
-                    "content": "".join(c.tokens),
-                    "refusal": None,
-                    **({"reasoning": "".join(c.reasoning)} if c.reasoning else {}),
-                },
-                "logprobs": None,
-                "finish_reason": c.finish_reason,
-            }
-            for c in choices
-        ],
-        "usage": usage_of(count_prompt_tokens(prompt_texts), choices),
+        "choices": choices,
+        "usage": usage_body(usage_of(request, generations, scenario)),
     }
 
 
 async def completion_chunks(
     model: str,
-    prompt_texts: list[str],
-    choices: list[Choice],
+    request: SimRequest,
+    generations: list[Generation],
     scenario: Scenario,
     include_usage: bool,
 ) -> AsyncIterator[dict[str, Any] | str | _Flush]:
@@ -138,18 +158,43 @@ async def completion_chunks(
             body["usage"] = None
         return body
 
+    # Each generation as a list of deltas, interleaved across choices step by step.
+    steps: list[list[dict[str, Any]]] = []
+    for g in generations:
+        deltas: list[dict[str, Any]] = [
+            {"reasoning": r, "reasoning_details": [{"type": "reasoning.text", "text": r}]}
+            for r in g.reasoning
+        ]
+        if g.tool_call:
+            call = g.tool_call
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            deltas += [
+                {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                for piece in _pieces(call.arguments)
+            ]
+        deltas += [{"content": token} for token in g.tokens]
+        steps.append(deltas)
     pacer = Pacer(scenario)
     paced = scenario.tps > 0
     await pacer.first()
-    for c in choices:
-        yield chunk(c.index, {"role": "assistant", "content": "", "refusal": None})
-    longest = max((len(c.reasoning) + len(c.tokens) for c in choices), default=0)
+    for g in generations:
+        yield chunk(g.index, {"role": "assistant", "content": "", "refusal": None})
+    longest = max((len(s) for s in steps), default=0)
     for emitted, step in enumerate(range(longest), start=1):
-        for c in choices:
-            if step < len(c.reasoning):
-                yield chunk(c.index, {"reasoning": c.reasoning[step]})
-            elif step - len(c.reasoning) < len(c.tokens):
-                yield chunk(c.index, {"content": c.tokens[step - len(c.reasoning)]})
+        for g, deltas in zip(generations, steps, strict=True):
+            if step < len(deltas):
+                yield chunk(g.index, deltas[step])
         if scenario.drop_after is not None and emitted >= scenario.drop_after:
             yield FLUSH
             raise SimulatedDrop
@@ -159,8 +204,12 @@ async def completion_chunks(
         if paced:
             yield FLUSH
         await pacer.next()
-    for c in choices:
-        yield chunk(c.index, {}, c.finish_reason)
+    for g in generations:
+        yield chunk(g.index, {}, g.finish_reason)
     if include_usage:
-        yield {**base, "choices": [], "usage": usage_of(count_prompt_tokens(prompt_texts), choices)}
+        yield {**base, "choices": [], "usage": usage_body(usage_of(request, generations, scenario))}
     yield "[DONE]"
+
+
+def _pieces(text: str, size: int = 8) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]

@@ -16,6 +16,7 @@ prompt, e.g. `[[sim:status=429,retry_after=1,fail=2]]` (fail twice with 429, the
 | hang_after=N     | stream N tokens, then go silent forever                                 |
 | drop_after=N     | stream N tokens, then drop the connection                               |
 | reasoning=N      | emit N reasoning tokens before the answer                               |
+| cached=N         | report N prompt tokens as served from the provider's cache              |
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Scenario:
     hang_after: int | None = None
     drop_after: int | None = None
     reasoning: int = 0
+    cached: int = 0
     flags: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -72,6 +74,7 @@ class Scenario:
             "hang_after": ("hang_after", int),
             "drop_after": ("drop_after", int),
             "reasoning": ("reasoning", int),
+            "cached": ("cached", int),
         }
         if name in numeric:
             attr, kind = numeric[name]
