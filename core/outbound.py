@@ -6,7 +6,7 @@ inside IPv6 (mapped, compatible, NAT64, 6to4, Teredo); only globally routable un
 addresses pass, unless an operator allow-lists a range. Odd spellings of IPv4 literals
 (`2130706433`, `0x7f000001`, `0177.0.0.1`) are parsed the way `inet_aton` would, so what
 is checked is what a connection would reach. The caller connects to an address this module
-returned (worker/http_guard.py does), never to a second lookup of the name.
+returned (core/http_guard.py does), never to a second lookup of the name.
 """
 
 from __future__ import annotations

@@ -189,3 +189,207 @@ def test_bad_requests_get_openai_errors(sim_url: str) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_sdk_parses_a_responses_answer(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model="gpt-5.4-mini",
+        instructions="Be brief",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Hello"}]}],
+        max_output_tokens=5,
+        reasoning={"effort": "low"},
+        extra_body={"seed": 3},
+    )
+    assert response.object == "response"
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert len(response.output_text.split()) == 5
+    assert response.usage is not None
+    assert response.usage.output_tokens_details.reasoning_tokens == 4
+    kinds = [item.type for item in response.output]
+    assert kinds == ["reasoning", "message"]
+
+
+def test_sdk_parses_a_responses_stream(client: openai.OpenAI) -> None:
+    stream = client.responses.create(
+        model="gpt-5.4-mini",
+        input="Hello [[sim:tokens=6,cached=1]]",
+        stream=True,
+        extra_body={"seed": 3},
+    )
+    events = list(stream)
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert events[-1].type == "response.completed"
+    completed = events[-1].response
+    assert completed.output_text == text
+    assert len(text.split()) == 6
+    assert completed.usage is not None
+    assert completed.usage.input_tokens_details.cached_tokens == 1
+    numbers = [e.sequence_number for e in events]
+    assert numbers == sorted(numbers)
+
+
+def test_tool_call_when_offered_and_asked(client: openai.OpenAI) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    completion = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "call get_weather city=Oslo"}],
+        tools=tools,  # type: ignore[arg-type]
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+    # not asked: a normal answer
+    plain = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=tools,  # type: ignore[arg-type]
+    )
+    assert plain.choices[0].finish_reason == "stop"
+    # streamed, in fragments the SDK can assemble
+    stream = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "call get_weather city=Rome"}],
+        tools=tools,
+        stream=True,  # type: ignore[arg-type]
+    )
+    fragments = "".join(
+        (c.choices[0].delta.tool_calls or [None])[0].function.arguments or ""  # type: ignore[union-attr]
+        for c in stream
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert json.loads(fragments) == {"city": "Rome"}
+
+
+def test_json_output_and_schema(client: openai.OpenAI) -> None:
+    plain = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "json please"}],
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads(plain.choices[0].message.content or ""), dict)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}}}
+    shaped = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "json n=7"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    )
+    document = json.loads(shaped.choices[0].message.content or "")
+    assert document["n"] == 7 and isinstance(document["ok"], bool)
+
+
+def test_reasoning_deltas_openrouter_style(sim_url: str) -> None:
+    body = {
+        "model": "m",
+        "stream": True,
+        "reasoning": {"effort": "high"},
+        "messages": [{"role": "user", "content": "think"}],
+    }
+    with httpx.stream(
+        "POST",
+        f"{sim_url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {SIM_KEY}"},
+    ) as response:
+        chunks = [
+            json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")
+        ]
+    reasoning = [
+        c["choices"][0]["delta"]["reasoning"]
+        for c in chunks
+        if c["choices"] and "reasoning" in c["choices"][0]["delta"]
+    ]
+    assert len(reasoning) == 16
+
+
+def test_images_are_read_and_counted(sim_url: str) -> None:
+    import base64
+
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 100).decode()
+    body = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "images-1 what is this"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                ],
+            }
+        ],
+    }
+    response = httpx.post(
+        f"{sim_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {SIM_KEY}"}
+    )
+    assert response.status_code == 200
+    assert response.json()["usage"]["prompt_tokens"] == 4 + 2 * 85
+    last = httpx.get(f"{sim_url}/_sim/calls", params={"contains": "images-1"}).json()["last"]
+    assert last["images"] == [
+        {"kind": "data", "mime": "image/png", "bytes": 108, "url": None},
+        {"kind": "url", "mime": None, "bytes": None, "url": "https://example.com/cat.jpg"},
+    ]
+    body["messages"][0]["content"][1]["image_url"]["url"] = "data:image/png;base64,!!"
+    assert (
+        httpx.post(
+            f"{sim_url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {SIM_KEY}"},
+        ).status_code
+        == 400
+    )
+
+
+def test_segmind_endpoint(sim_url: str) -> None:
+    body = {"messages": [{"role": "user", "content": "tell me a joke"}]}
+    response = httpx.post(f"{sim_url}/v1/gpt-5.4-mini", json=body, headers={"x-api-key": SIM_KEY})
+    assert response.status_code == 200
+    assert response.json()["object"] == "chat.completion"
+    assert float(response.headers["x-remaining-credits"]) < 1000
+    assert httpx.post(f"{sim_url}/v1/gpt-5.4-mini", json=body).status_code == 401
+    assert httpx.get(f"{sim_url}/v1/gpt-5.4-mini").status_code == 405
+    broke = {"messages": [{"role": "user", "content": "[[sim:status=406]]"}]}
+    assert (
+        httpx.post(
+            f"{sim_url}/v1/gpt-5.4-mini", json=broke, headers={"x-api-key": SIM_KEY}
+        ).status_code
+        == 406
+    )
+
+
+def test_runware_style_endpoint(sim_url: str) -> None:
+    task = {
+        "taskType": "textInference",
+        "taskUUID": "8f0c7d1e-3a5b-4c2d-9e8f-7a6b5c4d3e2f",
+        "model": "openai:gpt@5.4-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "deliveryMethod": "stream",
+        "includeUsage": True,
+        "seed": 1,
+    }
+    with httpx.stream(
+        "POST", f"{sim_url}/runware/v1", json=[task], headers={"Authorization": f"Bearer {SIM_KEY}"}
+    ) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    final = json.loads(lines[-2][6:])
+    assert final["finishReason"] == "stop" and final["usage"]["completionTokens"] == 24
+    sync = httpx.post(
+        f"{sim_url}/runware/v1",
+        json=[
+            {"taskType": "authentication", "apiKey": SIM_KEY},
+            {**task, "deliveryMethod": "sync"},
+        ],
+    )
+    assert sync.status_code == 200
+    assert sync.json()["data"][0]["status"] == "success"

@@ -23,7 +23,7 @@ from core.queue import JobQueue
 from core.settings import Settings
 from core.store import TaskStore
 from core.webhooks import RetrySchedule, WebhookSecrets
-from worker.http_guard import GuardedClient
+from core.http_guard import GuardedClient
 from worker.inference import Inference
 from worker.jobs import WorkerDeps, run_result
 from worker.providers.base import Adapter

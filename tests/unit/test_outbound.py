@@ -18,7 +18,7 @@ from core.outbound import (
     parse_ip_literal,
 )
 from tests.receiver import Receiver, running_receiver
-from worker.http_guard import GuardedClient
+from core.http_guard import GuardedClient
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"
