@@ -68,6 +68,19 @@ class Route(BaseModel):
     price: Price | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    # How thinkingLevel is sent on Chat Completions: OpenAI's `reasoning_effort`,
+    # OpenRouter's `reasoning` object, or not at all.
+    reasoning_style: Literal["openai", "openrouter", "none"] = "openai"
+    # Image URLs from clients: fetched by taskwire (through the outbound guard) and sent
+    # inline, or passed to the provider as URLs.
+    image_urls: Literal["fetch", "pass"] = "fetch"
+
+    def cost_rank(self) -> float:
+        """A route's price for ordering cheapest-first (input plus output per million);
+        a route without a price sorts last."""
+        if self.price is None:
+            return float("inf")
+        return self.price.input + self.price.output
 
     @field_validator("base_url")
     @classmethod

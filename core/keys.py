@@ -49,6 +49,12 @@ class Keys:
         """arq job id of result `index`'s webhook delivery (claims skip its prefetch)."""
         return f"{ref.owner}:{ref.uuid}:{index}:webhook"
 
+    def image(self, image_uuid: str) -> str:
+        return f"{self.prefix}:img:{image_uuid}"
+
+    def route_health(self, model: str, route: str) -> str:
+        return f"{self.prefix}:route:{model}:{route}"
+
     def webhook_secret(self, owner: str) -> str:
         return f"{self.prefix}:whsec:{owner}"
 

@@ -209,6 +209,12 @@ class PingTask(WireModel):
     ping: bool = True
 
 
+class ImageUploadTask(WireModel):
+    taskType: Literal["imageUpload"]
+    taskUUID: TaskUUID
+    image: str = Field(min_length=1)
+
+
 class AuthenticationTask(WireModel):
     taskType: Literal["authentication"]
     apiKey: str = Field(min_length=1, max_length=512)
@@ -218,6 +224,7 @@ TASK_MODELS: dict[str, type[WireModel]] = {
     "textInference": TextInferenceTask,
     "getResponse": GetResponseTask,
     "ping": PingTask,
+    "imageUpload": ImageUploadTask,
     "authentication": AuthenticationTask,
 }
 

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     outbound_allow_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
     outbound_resolve_timeout_s: float = Field(default=2.0, gt=0)
 
+    # --- images and routes
+    image_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    image_fetch_timeout_s: float = Field(default=15.0, gt=0)
+    # A route that fails this many results in a row (each after its retries) rests for the
+    # cool-down, for all workers.
+    route_failure_threshold: int = Field(default=5, ge=1)
+    route_cooldown_s: float = Field(default=30.0, ge=0)
+
     # --- worker
     worker_max_jobs: int = Field(default=500, ge=1)
     job_timeout_s: float = Field(default=600.0, gt=0)

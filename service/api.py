@@ -133,6 +133,8 @@ async def post_tasks(request: Request, state: State) -> Response:
             hub=state.hub,
             tokens=state.tokens,
             outbound=state.outbound,
+            images=state.images,
+            base_url=str(request.base_url),
         )
         slots = await batch.run(tasks)
         stream = next((slot.stream for slot in slots if slot.stream is not None), None)

@@ -17,6 +17,8 @@ from core.catalog import Catalog
 from core.deliveries import DeliveryStore
 from core.errors import InvalidRequest, ServiceUnavailable, TaskwireError
 from core.events import EventHub
+from core.http_guard import GuardedClient
+from core.images import ImageStore
 from core.keys import Keys
 from core.logging import configure_logging
 from core.outbound import OutboundPolicy
@@ -26,6 +28,8 @@ from core.webhooks import WebhookSecrets
 from service.api import error_response, json_response, router
 from service.auth import KeyRing
 from service.events_api import router as events_router
+from service.images import Images
+from service.images_api import router as images_router
 from service.pages import router as pages_router
 from service.state import AppState
 from service.tokens import StreamTokens, load_secret
@@ -58,6 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
         hub = EventHub(redis)
         await hub.start()
         tokens = StreamTokens(await load_secret(redis, settings), settings.stream_token_ttl_s)
+        outbound = OutboundPolicy(settings.outbound_allow_cidrs)
+        image_client = GuardedClient(outbound, deadline_s=settings.image_fetch_timeout_s)
         app.state.taskwire = AppState(
             settings,
             catalog,
@@ -66,8 +72,15 @@ def create_app(settings: Settings) -> FastAPI:
             store,
             hub,
             tokens,
-            outbound=OutboundPolicy(settings.outbound_allow_cidrs),
+            outbound=outbound,
             webhook_secrets=WebhookSecrets(redis, store.keys),
+            images=Images(
+                ImageStore(redis, store.keys, settings.task_retention_s),
+                image_client,
+                outbound,
+                settings.image_max_bytes,
+                settings.outbound_resolve_timeout_s,
+            ),
             deliveries=DeliveryStore(
                 redis,
                 store.keys,
@@ -80,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await hub.close()
+            await image_client.aclose()
             await redis.aclose()
 
     app = FastAPI(
@@ -93,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events_router)
     app.include_router(pages_router)
     app.include_router(webhooks_router)
+    app.include_router(images_router)
 
     @app.get("/health")
     async def health(request: Request) -> Response:

@@ -24,6 +24,7 @@ from core.keys import TaskRef
 from core.outbound import OutboundPolicy, OutboundRefused, OutboundUnresolvable, check_url
 from core.protocol import (
     GetResponseTask,
+    ImageUploadTask,
     PingTask,
     TaskErrors,
     TextInferenceTask,
@@ -34,6 +35,7 @@ from core.protocol import (
 from core.settings import Settings
 from core.store import NewTask, TaskRecord, TaskStore
 from service.delivery import collect_results, confirmed, result_items, watching
+from service.images import Images
 from service.streaming import ChunkRenderer
 from service.tokens import StreamTokens
 
@@ -101,6 +103,8 @@ class Batch:
         hub: EventHub,
         tokens: StreamTokens,
         outbound: OutboundPolicy,
+        images: Images,
+        base_url: str,
     ):
         self.owner = owner
         self.settings = settings
@@ -109,6 +113,8 @@ class Batch:
         self.hub = hub
         self.tokens = tokens
         self.outbound = outbound
+        self.images = images
+        self.base_url = base_url
         self.slots: list[Slot] = []
 
     async def run(self, raw_tasks: list[Any]) -> list[Slot]:
@@ -138,6 +144,13 @@ class Batch:
                 continue
             if isinstance(slot.task, PingTask):
                 slot.items.append({"taskType": "ping", "pong": True})
+            elif isinstance(slot.task, ImageUploadTask):
+                try:
+                    slot.items.append(
+                        await self.images.upload(self.owner, slot.task, self.base_url)
+                    )
+                except InvalidRequest as exc:
+                    slot.errors.append(exc)
             elif isinstance(slot.task, GetResponseTask):
                 lookups.append(slot)
             elif isinstance(slot.task, TextInferenceTask):
@@ -164,6 +177,14 @@ class Batch:
                     refusal = await self._refuse_webhook(slot.task.webhookURL)
                     if refusal is not None:
                         slot.errors.append(refusal)
+                        prepared = None
+                if prepared is not None and slot.task.inputs is not None:
+                    try:
+                        prepared.new.request["inputs"]["images"] = await self.images.references(
+                            self.owner, list(slot.task.inputs.images)
+                        )
+                    except InvalidRequest as exc:
+                        slot.errors.append(exc)
                         prepared = None
                 if prepared is not None:
                     prepared.sub = sub
@@ -204,10 +225,6 @@ class Batch:
                     parameter="settings.maxTokens",
                 )
             )
-            return None
-        unsupported = _not_yet_supported(task)
-        if unsupported is not None:
-            slot.errors.append(unsupported)
             return None
         ref = TaskRef(self.owner, task.taskUUID)
         request = task.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -307,13 +324,3 @@ class Batch:
                 )
                 continue
             slot.items.extend(self._state_items(record))
-
-
-def _not_yet_supported(task: TextInferenceTask) -> InvalidRequest | None:
-    if task.inputs is not None:
-        return InvalidRequest(
-            "inputs.images is not available on this server yet.",
-            code="invalidImages",
-            parameter="inputs.images",
-        )
-    return None

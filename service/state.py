@@ -15,6 +15,7 @@ from core.settings import Settings
 from core.store import TaskStore
 from core.webhooks import WebhookSecrets
 from service.auth import KeyRing
+from service.images import Images
 from service.tokens import StreamTokens
 
 
@@ -30,6 +31,7 @@ class AppState:
     outbound: OutboundPolicy
     webhook_secrets: WebhookSecrets
     deliveries: DeliveryStore
+    images: Images
 
 
 async def get_state(request: Request) -> AppState:

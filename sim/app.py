@@ -3,7 +3,7 @@
 - `POST /v1/chat/completions`  OpenAI Chat Completions (Vivgrid, OpenRouter, OpenAI)
 - `POST /v1/responses`         OpenAI Responses API (OurToken, OpenAI)
 - `POST /v1/{model}`           Segmind (`x-api-key`, `x-remaining-credits`)
-- `POST /runware/v1`           a Runware-style task API
+- `POST /v1`                   a Runware-style task API (as at api.runware.ai/v1)
 """
 
 from __future__ import annotations
@@ -396,7 +396,7 @@ def create_app(*, api_key: str | None = None, defaults: Scenario | None = None) 
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/responses", responses_api, methods=["POST"]),
-            Route("/runware/v1", runware_tasks, methods=["POST"]),
+            Route("/v1", runware_tasks, methods=["POST"]),
             Route("/v1/{model}", segmind, methods=["POST"]),
             Route("/v1/{model}", segmind_wrong_method, methods=["GET", "PUT", "DELETE"]),
             Route("/_sim/calls", calls, methods=["GET"]),

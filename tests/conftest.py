@@ -56,6 +56,8 @@ TEST_SETTINGS = {
     "TASKWIRE_UPSTREAM_BACKOFF_CAP_S": "0.2",
     "TASKWIRE_UPSTREAM_MAX_ATTEMPTS": "3",
     "TASKWIRE_UPSTREAM_RETRY_AFTER_CAP_S": "5",
+    # Tests that fail on purpose share the simulator route: no cool-downs unless a test asks.
+    "TASKWIRE_ROUTE_FAILURE_THRESHOLD": "1000",
 }
 
 

@@ -378,14 +378,14 @@ def test_runware_style_endpoint(sim_url: str) -> None:
         "seed": 1,
     }
     with httpx.stream(
-        "POST", f"{sim_url}/runware/v1", json=[task], headers={"Authorization": f"Bearer {SIM_KEY}"}
+        "POST", f"{sim_url}/v1", json=[task], headers={"Authorization": f"Bearer {SIM_KEY}"}
     ) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     final = json.loads(lines[-2][6:])
     assert final["finishReason"] == "stop" and final["usage"]["completionTokens"] == 24
     sync = httpx.post(
-        f"{sim_url}/runware/v1",
+        f"{sim_url}/v1",
         json=[
             {"taskType": "authentication", "apiKey": SIM_KEY},
             {**task, "deliveryMethod": "sync"},

@@ -1,11 +1,13 @@
-"""Runs one result against the model's upstream routes, retrying with backoff, publishing deltas."""
+"""Runs one result: choose routes by policy and health, try each with retries and backoff,
+fall back to the next while nothing has been published, and publish deltas as they come."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -13,7 +15,9 @@ import structlog
 
 from core.catalog import Catalog, ModelSpec, Route
 from core.errors import UpstreamError
+from core.images import ImageError
 from core.protocol import TextInferenceTask, error_item
+from worker.images import ImageResolver
 from worker.providers.base import (
     Adapter,
     ReasoningDelta,
@@ -24,6 +28,7 @@ from worker.providers.base import (
 from worker.publisher import ResultPublisher, ResumeMismatch
 from worker.result import ResultAssembler
 from worker.retry import RetryPolicy
+from worker.routing import RouteHealth, counts_against_route, order_routes
 
 log = structlog.get_logger("taskwire.inference")
 
@@ -35,6 +40,16 @@ class InferenceOutcome:
     attempts: int
     usage: UsageReport | None = None
     usage_estimated: bool = False
+    routes_tried: list[str] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    """Ends a result early with a protocol error code and message."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class Inference:
@@ -46,12 +61,16 @@ class Inference:
         client: httpx.AsyncClient,
         adapters: Mapping[str, Adapter],
         policy: RetryPolicy,
+        health: RouteHealth,
+        images: ImageResolver,
         environ: Mapping[str, str] | None = None,
     ):
         self._catalog = catalog
         self._client = client
         self._adapters = adapters
         self._policy = policy
+        self._health = health
+        self._images = images
         self._environ = os.environ if environ is None else environ
         self._reported_skips: set[tuple[str, str]] = set()
 
@@ -72,27 +91,73 @@ class Inference:
                 log.info("route.skipped", model=model.air, route=route.name, reason=reason)
         return usable
 
-    async def run(
-        self, task: TextInferenceTask, index: int, seed: int, publisher: ResultPublisher
-    ) -> InferenceOutcome:
-        model = self._catalog.get(task.model)
-        if model is None:
-            return self._failed(
-                task, index, None, 0, "unknownModel", f"Model {task.model!r} is no longer served."
+    async def candidates(self, model: ModelSpec) -> list[tuple[Route, str]]:
+        """Usable routes that are not cooling down, in the model's policy order."""
+        usable = self.usable_routes(model)
+        if not usable:
+            raise _Stop("noAvailableServer", "No upstream route is configured for this model.")
+        cooling = await self._health.cooling(model)
+        ready = [(route, key) for route, key in usable if route.name not in cooling]
+        if not ready:
+            wait = max(1, round(min(cooling.values()) - time.time()))
+            raise _Stop(
+                "noAvailableServer",
+                "Every provider of this model is failing right now and resting; "
+                f"retry in a little while (about {wait} s).",
             )
-        routes = self.usable_routes(model)
-        if not routes:
+        return order_routes(model, ready)
+
+    async def run(
+        self,
+        task: TextInferenceTask,
+        index: int,
+        seed: int,
+        publisher: ResultPublisher,
+        owner: str = "",
+    ) -> InferenceOutcome:
+        tried: list[str] = []
+        attempts = 0
+        try:
+            model = self._catalog.get(task.model)
+            if model is None:
+                raise _Stop("unknownModel", f"Model {task.model!r} is no longer served.")
+            last: UpstreamError | None = None
+            memo: dict[str, str] = {}
+            for route, key in await self.candidates(model):
+                tried.append(route.name)
+                images = await self._images.for_route(
+                    owner, list(task.inputs.images) if task.inputs else [], route, memo
+                )
+                call = UpstreamCall(route=route, api_key=key, task=task, seed=seed, images=images)
+                outcome, last, used = await self._on_route(model, call, index, publisher)
+                attempts += used
+                if outcome is not None:
+                    outcome.attempts, outcome.routes_tried = attempts, tried
+                    return outcome
+                if publisher.published:
+                    break  # output is out: another route would answer differently
+            assert last is not None
+            raise _Stop(last.code, last.message)
+        except ImageError as exc:
+            return self._failed(task, index, tried, attempts, "invalidImages", str(exc))
+        except ResumeMismatch:
             return self._failed(
                 task,
                 index,
-                None,
-                0,
-                "noAvailableServer",
-                "No upstream route is configured for this model.",
+                tried,
+                attempts,
+                "inferenceError",
+                "The worker producing this result stopped mid-answer and the retry did not "
+                "reproduce the text already streamed; submit the task again.",
             )
-        route, key = routes[0]
-        adapter = self._adapters[route.adapter]
-        call = UpstreamCall(route=route, api_key=key, task=task, seed=seed)
+        except _Stop as stop:
+            return self._failed(task, index, tried, attempts, stop.code, stop.message)
+
+    async def _on_route(
+        self, model: ModelSpec, call: UpstreamCall, index: int, publisher: ResultPublisher
+    ) -> tuple[InferenceOutcome | None, UpstreamError | None, int]:
+        """Attempts on one route: (the outcome, or None and the last error; attempts made)."""
+        adapter = self._adapters[call.route.adapter]
         attempts = 0
         while True:
             attempts += 1
@@ -106,25 +171,13 @@ class Inference:
                     elif isinstance(event, ReasoningDelta):
                         publisher.add(reasoning=event.text)
                 publisher.check_caught_up()
-            except ResumeMismatch:
-                return self._failed(
-                    task,
-                    index,
-                    route.name,
-                    attempts,
-                    "inferenceError",
-                    "The worker producing this result stopped mid-answer and the retry did not "
-                    "reproduce the text already streamed; submit the task again.",
-                )
             except UpstreamError as exc:
-                delay = (
-                    self._policy.delay(attempts, exc.retry_after)
-                    if exc.retryable and not publisher.published
-                    else None
-                )
+                delay = None
+                if exc.retryable and not publisher.published:
+                    delay = self._policy.delay(attempts, exc.retry_after)
                 log.info(
                     "upstream.attempt_failed",
-                    route=route.name,
+                    route=call.route.name,
                     attempt=attempts,
                     code=exc.code,
                     http_status=exc.http_status,
@@ -132,27 +185,35 @@ class Inference:
                     after_output=publisher.published,
                 )
                 if delay is None:
-                    return self._failed(task, index, route.name, attempts, exc.code, exc.message)
+                    # The route failed this result: one strike towards its cool-down.
+                    if counts_against_route(exc):
+                        await self._health.failed(model, call.route)
+                    return None, exc, attempts
                 await asyncio.sleep(delay)
                 continue
-            usage, estimated = assembler.final_usage(task)
-            return InferenceOutcome(
-                item=assembler.item(task, index, seed, model.price),
-                route=route.name,
+            await self._health.succeeded(model, call.route)
+            usage, estimated = assembler.final_usage(call.task)
+            outcome = InferenceOutcome(
+                item=assembler.item(call.task, index, call.seed, model.price),
+                route=call.route.name,
                 attempts=attempts,
                 usage=usage,
                 usage_estimated=estimated,
             )
+            return outcome, None, attempts
 
     @staticmethod
     def _failed(
         task: TextInferenceTask,
         index: int,
-        route: str | None,
+        tried: list[str],
         attempts: int,
         code: str,
         message: str,
     ) -> InferenceOutcome:
         return InferenceOutcome(
-            item=error_item(task.taskUUID, index, code, message), route=route, attempts=attempts
+            item=error_item(task.taskUUID, index, code, message),
+            route=tried[-1] if tried else None,
+            attempts=attempts,
+            routes_tried=tried,
         )

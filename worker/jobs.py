@@ -70,7 +70,7 @@ async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int
             published_reasoning=prior_reasoning,
         )
         try:
-            outcome = await _produce(deps, task, index, job.seed, publisher, job_try)
+            outcome = await _produce(deps, task, index, job.seed, publisher, job_try, owner)
             delivery = deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
             finish = await _finish(publisher, outcome.item, delivery)
             ctx["settled"].add(job_id)
@@ -98,6 +98,7 @@ async def _produce(
     seed: int,
     publisher: ResultPublisher,
     job_try: int,
+    owner: str,
 ) -> InferenceOutcome:
     limit = deps.settings.job_max_tries
     if job_try > limit:
@@ -114,7 +115,7 @@ async def _produce(
         )
     try:
         async with asyncio.timeout(deps.settings.job_timeout_s):
-            return await deps.inference.run(task, index, seed, publisher)
+            return await deps.inference.run(task, index, seed, publisher, owner)
     except TimeoutError:
         return InferenceOutcome(
             item=error_item(
@@ -179,6 +180,7 @@ def _log_completion(
         job_try=job_try,
         model=task.model,
         route=outcome.route,
+        routes_tried=outcome.routes_tried if len(outcome.routes_tried) > 1 else None,
         attempts=outcome.attempts,
         status=item["status"],
         error_code=item.get("error", {}).get("code"),

@@ -16,6 +16,8 @@ from redis.asyncio import ConnectionPool
 
 from core.catalog import Catalog
 from core.deliveries import DeliveryStore
+from core.http_guard import GuardedClient
+from core.images import ImageStore
 from core.keys import DELIVER_WEBHOOK_JOB, RUN_RESULT_JOB, Keys
 from core.logging import configure_logging
 from core.outbound import OutboundPolicy
@@ -23,20 +25,30 @@ from core.queue import JobQueue
 from core.settings import Settings
 from core.store import TaskStore
 from core.webhooks import RetrySchedule, WebhookSecrets
-from core.http_guard import GuardedClient
+from worker.images import ImageResolver
 from worker.inference import Inference
 from worker.jobs import WorkerDeps, run_result
 from worker.providers.base import Adapter
 from worker.providers.openai_chat import OpenAIChatAdapter
+from worker.providers.openai_responses import OpenAIResponsesAdapter
+from worker.providers.runware import RunwareAdapter
+from worker.providers.segmind import SegmindAdapter
 from worker.queue import QueueWorker, json_deserializer, json_serializer
 from worker.retry import RetryPolicy
+from worker.routing import RouteHealth
 from worker.webhooks import WebhookDeliverer, deliver_webhook
 
 log = structlog.get_logger("taskwire.worker")
 
 
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
-    return {"openai-chat": OpenAIChatAdapter(settings.upstream_connect_timeout_s)}
+    timeout = settings.upstream_connect_timeout_s
+    return {
+        "openai-chat": OpenAIChatAdapter(timeout),
+        "openai-responses": OpenAIResponsesAdapter(timeout),
+        "segmind": SegmindAdapter(timeout),
+        "runware": RunwareAdapter(timeout),
+    }
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
@@ -51,9 +63,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         follow_redirects=False,
     )
     ctx["http"] = client
-    guarded = GuardedClient(
-        OutboundPolicy(settings.outbound_allow_cidrs), deadline_s=settings.webhook_timeout_s
-    )
+    policy = OutboundPolicy(settings.outbound_allow_cidrs)
+    guarded = GuardedClient(policy, deadline_s=settings.webhook_timeout_s)
+    image_client = GuardedClient(policy, deadline_s=settings.image_fetch_timeout_s)
+    ctx["image_http"] = image_client
     ctx["guarded_http"] = guarded
     ctx["deps"] = WorkerDeps(
         settings=settings,
@@ -73,6 +86,17 @@ async def on_startup(ctx: dict[str, Any]) -> None:
                 base_s=settings.upstream_backoff_base_s,
                 cap_s=settings.upstream_backoff_cap_s,
                 retry_after_cap_s=settings.upstream_retry_after_cap_s,
+            ),
+            RouteHealth(
+                ctx["redis"],
+                keys,
+                threshold=settings.route_failure_threshold,
+                cooldown_s=settings.route_cooldown_s,
+            ),
+            ImageResolver(
+                ImageStore(ctx["redis"], keys, settings.task_retention_s),
+                image_client,
+                settings.image_max_bytes,
             ),
         ),
         webhooks=WebhookDeliverer(
@@ -94,9 +118,10 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     client: httpx.AsyncClient | None = ctx.get("http")
     if client is not None:
         await client.aclose()
-    guarded: GuardedClient | None = ctx.get("guarded_http")
-    if guarded is not None:
-        await guarded.aclose()
+    for name in ("guarded_http", "image_http"):
+        guarded: GuardedClient | None = ctx.get(name)
+        if guarded is not None:
+            await guarded.aclose()
     log.info("worker.stopped")
 
 

@@ -11,10 +11,10 @@ import httpx
 import structlog
 
 from core.deliveries import DeliveryState, DeliveryStore
+from core.http_guard import GuardedClient
 from core.keys import TaskRef
 from core.outbound import OutboundRefused
 from core.webhooks import RetrySchedule, WebhookSecrets, message_id, signature_header
-from core.http_guard import GuardedClient
 from worker.providers.base import parse_retry_after
 
 log = structlog.get_logger("taskwire.webhooks")

@@ -18,8 +18,14 @@ def test_shipped_catalog_has_gpt_5_4_mini_with_reference_prices() -> None:
     assert model.context_window == 400_000
     assert model.max_output_tokens == 128_000
     names = [route.name for route in model.routes]
-    assert names[0] == "simulator"
-    assert {"vivgrid", "openrouter"} <= set(names)
+    assert names[:4] == ["sim-chat", "sim-responses", "sim-segmind", "sim-runware"]
+    assert {"ourtoken", "vivgrid", "openrouter", "segmind"} <= set(names)
+    adapters = {route.name: route.adapter for route in model.routes}
+    assert adapters["ourtoken"] == "openai-responses"
+    assert adapters["segmind"] == "segmind"
+    assert adapters["vivgrid"] == adapters["openrouter"] == "openai-chat"
+    ourtoken = next(r for r in model.routes if r.name == "ourtoken")
+    assert ourtoken.price == Price(input=0.15, output=0.90)  # 20% of the official price
     openrouter = next(r for r in model.routes if r.name == "openrouter")
     assert openrouter.model == "openai/gpt-5.4-mini"
     assert openrouter.headers["X-Title"] == "taskwire"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from core.http_guard import GuardedClient
 from core.outbound import (
     OutboundPolicy,
     OutboundRefused,
@@ -18,7 +19,6 @@ from core.outbound import (
     parse_ip_literal,
 )
 from tests.receiver import Receiver, running_receiver
-from core.http_guard import GuardedClient
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V6 = "2606:2800:220:1:248:1893:25c8:1946"

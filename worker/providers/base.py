@@ -31,6 +31,7 @@ class UpstreamCall:
     api_key: str
     task: TextInferenceTask
     seed: int
+    images: tuple[str, ...] = ()  # data URIs or http(s) URLs, for the last user message
 
 
 # --- what adapters yield, in the order the upstream produced it
@@ -80,6 +81,21 @@ class Adapter(Protocol):
     def stream(
         self, client: httpx.AsyncClient, call: UpstreamCall
     ) -> AsyncIterator[UpstreamEvent]: ...
+
+
+def system_text(task: TextInferenceTask) -> str | None:
+    """settings.systemPrompt and any system messages, folded into one system prompt."""
+    parts = [task.settings.systemPrompt] if task.settings.systemPrompt else []
+    parts += [m.content for m in task.messages if m.role == "system" and m.content]
+    return "\n\n".join(parts) if parts else None
+
+
+def last_user_index(task: TextInferenceTask) -> int:
+    """Where images go: the last user message (-1 if there is none)."""
+    for index in range(len(task.messages) - 1, -1, -1):
+        if task.messages[index].role == "user":
+            return index
+    return -1
 
 
 # --- shared HTTP failure translation (messages never quote upstream bodies or secrets)

@@ -21,7 +21,9 @@ from worker.providers.base import (
     UsageReport,
     error_for_status,
     error_for_transport,
+    last_user_index,
     request_timeout,
+    system_text,
 )
 from worker.providers.sse import aiter_sse
 
@@ -41,11 +43,28 @@ class _ToolCall(_Loose):
     function: _Function | None = None
 
 
+class _ReasoningDetail(_Loose):
+    type: str = ""
+    text: str | None = None
+    summary: str | None = None
+
+
 class _Delta(_Loose):
     content: str | None = None
     reasoning: str | None = None
     reasoning_content: str | None = None
+    reasoning_details: list[_ReasoningDetail] | None = None  # OpenRouter
     tool_calls: list[_ToolCall] | None = None
+
+    def reasoning_text(self) -> str | None:
+        if self.reasoning or self.reasoning_content:
+            return self.reasoning or self.reasoning_content
+        pieces = [
+            d.text or d.summary or ""
+            for d in self.reasoning_details or ()
+            if d.type in ("reasoning.text", "reasoning.summary")
+        ]
+        return "".join(pieces) or None
 
 
 class _Choice(_Loose):
@@ -76,15 +95,34 @@ class _Chunk(_Loose):
     error: dict[str, Any] | None = None
 
 
-def build_messages(task: TextInferenceTask) -> list[dict[str, Any]]:
-    """Runware messages as Chat Completions messages; system text folded into one message."""
-    system_parts = [task.settings.systemPrompt] if task.settings.systemPrompt else []
-    system_parts += [m.content for m in task.messages if m.role == "system" and m.content]
-    out: list[dict[str, Any]] = []
-    if system_parts:
-        out.append({"role": "system", "content": "\n\n".join(system_parts)})
-    out.extend(_message(m) for m in task.messages if m.role != "system")
+def build_messages(task: TextInferenceTask, images: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Runware messages as Chat Completions messages: system text folded into one message,
+    images as `image_url` parts of the last user message."""
+    system = system_text(task)
+    out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    with_images = last_user_index(task) if images else -1
+    for index, message in enumerate(task.messages):
+        if message.role == "system":
+            continue
+        converted = _message(message)
+        if index == with_images:
+            converted["content"] = [
+                {"type": "text", "text": message.content},
+                *({"type": "image_url", "image_url": {"url": url}} for url in images),
+            ]
+        out.append(converted)
     return out
+
+
+def reasoning_fields(call: UpstreamCall) -> dict[str, Any]:
+    """thinkingLevel in the route's dialect (none when the client did not set it)."""
+    level = call.task.settings.thinkingLevel
+    style = call.route.reasoning_style
+    if level is None or style == "none":
+        return {}
+    if style == "openrouter":
+        return {"reasoning": {"enabled": False} if level == "off" else {"effort": level}}
+    return {"reasoning_effort": "none" if level == "off" else level}
 
 
 def _message(message: Message) -> dict[str, Any]:
@@ -114,7 +152,7 @@ def build_body(call: UpstreamCall) -> dict[str, Any]:
     body.update(
         {
             "model": call.route.model,
-            "messages": build_messages(task),
+            "messages": build_messages(task, call.images),
             "stream": True,
             "stream_options": {"include_usage": True},
             "n": 1,
@@ -124,6 +162,7 @@ def build_body(call: UpstreamCall) -> dict[str, Any]:
             "top_p": settings.topP,
         }
     )
+    body.update(reasoning_fields(call))
     if settings.stopSequences:
         body["stop"] = list(settings.stopSequences)
     if settings.frequencyPenalty is not None:
@@ -166,7 +205,7 @@ def events_of_chunk(chunk: _Chunk) -> list[UpstreamEvent]:
             continue
         delta = choice.delta or choice.message
         if delta is not None:
-            reasoning = delta.reasoning or delta.reasoning_content
+            reasoning = delta.reasoning_text()
             if reasoning:
                 events.append(ReasoningDelta(reasoning))
             if delta.content:

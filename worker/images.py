@@ -1,0 +1,56 @@
+"""Turns a task's stored image references into what a route takes: inline data URIs, or
+URLs passed through when the route is configured to."""
+
+from __future__ import annotations
+
+import httpx
+
+from core.catalog import Route
+from core.http_guard import BodyTooLarge, GuardedClient
+from core.images import ImageError, ImageStore, check_bytes, classify, data_uri
+from core.outbound import OutboundRefused
+
+
+class ImageResolver:
+    def __init__(self, store: ImageStore, client: GuardedClient, max_bytes: int):
+        self._store = store
+        self._client = client
+        self._max_bytes = max_bytes
+
+    async def for_route(
+        self, owner: str, refs: list[str], route: Route, memo: dict[str, str]
+    ) -> tuple[str, ...]:
+        """Each reference as a URL the route can use. `memo` keeps what was already built for
+        this result (a fallback to another route does not fetch again)."""
+        resolved = []
+        for ref in refs:
+            if classify(ref) == "url" and route.image_urls == "pass":
+                resolved.append(ref)
+                continue
+            if ref not in memo:
+                memo[ref] = await self._inline(owner, ref)
+            resolved.append(memo[ref])
+        return tuple(resolved)
+
+    async def _inline(self, owner: str, ref: str) -> str:
+        if classify(ref) == "uuid":
+            stored = await self._store.get(ref)
+            if stored is None or stored.owner != owner:
+                raise ImageError(f"image {ref} is gone (uploads are kept for the retention period)")
+            return await data_uri(stored.data, stored.mime)
+        try:
+            response = await self._client.request(
+                "GET", ref, max_body_bytes=self._max_bytes, fail_if_larger=True
+            )
+        except OutboundRefused as exc:
+            raise ImageError(f"the image URL is not allowed: {exc}") from None
+        except BodyTooLarge:
+            raise ImageError(
+                f"the image at the URL is larger than {self._max_bytes} bytes"
+            ) from None
+        except (TimeoutError, OSError, httpx.HTTPError) as exc:
+            raise ImageError(f"the image URL could not be fetched ({type(exc).__name__})") from None
+        if response.status != 200:
+            raise ImageError(f"the image URL answered HTTP {response.status}")
+        mime = await check_bytes(response.body, self._max_bytes)
+        return await data_uri(response.body, mime)
