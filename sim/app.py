@@ -34,6 +34,7 @@ UPSTREAM_SECRET_MARKER = "org-SIMSECRET-7f3a"  # noqa: S105 (a marker, not a sec
 @dataclass
 class Call:
     kind: str
+    model: str | None
     prompt: str
     body: Any
     headers: dict[str, str]
@@ -170,7 +171,12 @@ def record(state: SimState, kind: str, request: Request, body: Any, parsed: SimR
     images = [
         {"kind": i.kind, "mime": i.mime, "bytes": i.size, "url": i.url} for i in parsed.images
     ]
-    state.calls.append(Call(kind, parsed.prompt, body, headers, images))
+    model = request.path_params.get("model") or (
+        body.get("model") if isinstance(body, dict) else None
+    )
+    if isinstance(body, list):  # a Runware task array
+        model = next((t.get("model") for t in body if t.get("taskType") == "textInference"), None)
+    state.calls.append(Call(kind, model, parsed.prompt, body, headers, images))
 
 
 async def _stall(request: Request) -> Response:
@@ -197,7 +203,12 @@ async def _serve(
     except BadRequest as exc:
         return errors(400, str(exc), None)
     record(state, kind, request, body, parsed)
-    scenario = state.defaults.with_directives(parsed.prompt)
+    # Directives in the model name make one route misbehave while another, asked the same
+    # prompt, does not (how routing and fallback are tested).
+    model = request.path_params.get("model") or (
+        body.get("model") if isinstance(body, dict) else None
+    )
+    scenario = state.defaults.with_directives(f"{parsed.prompt} {model or ''}")
     if not misbehaves(state, scenario, parsed.prompt):
         scenario = scenario.well_behaved()
     elif scenario.status is not None:
@@ -208,17 +219,18 @@ async def _serve(
             result = await result
     except BadRequest as exc:
         return errors(400, str(exc), None)
-    if isinstance(result, Response):
-        return result
+    if isinstance(result, StreamingResponse):
+        return result  # streams pace (and hang) themselves
     return await _whole(request, scenario, result)
 
 
 async def _whole(request: Request, scenario: Scenario, body: Any) -> Response:
+    """A whole (non-streamed) answer, after the scenario's delay, or never."""
     if scenario.hang or scenario.hang_after is not None:
         return await _stall(request)
     if scenario.ttft_ms:
         await asyncio.sleep(scenario.ttft_ms / 1000)
-    return JSONResponse(body)
+    return body if isinstance(body, Response) else JSONResponse(body)
 
 
 # --- the four APIs
@@ -324,12 +336,18 @@ async def calls(request: Request) -> Response:
     """How many upstream calls had a prompt containing `contains`, and the last one."""
     state: SimState = request.app.state.sim
     needle = request.query_params.get("contains", "")
-    matching = [call for call in state.calls if needle in call.prompt]
+    kind = request.query_params.get("kind")
+    matching = [
+        call
+        for call in state.calls
+        if needle in call.prompt and (kind is None or call.kind == kind)
+    ]
     last = matching[-1] if matching else None
     return JSONResponse(
         {
             "count": len(matching),
             "kinds": dict(Counter(call.kind for call in matching)),
+            "models": dict(Counter(str(call.model) for call in matching)),
             "last": None
             if last is None
             else {

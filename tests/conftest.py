@@ -107,14 +107,18 @@ def make_stack(tmp_path: Path, redis_binary: str) -> Iterator[StackFactory]:
         env: dict[str, str] | None = None,
         upstream_timeout_s: float = 2.0,
         sim_args: list[str] | None = None,
+        catalog: str | None = None,
     ) -> Stack:
         root = tmp_path / f"stack{len(stacks)}"
         root.mkdir()
+        catalog_path = write_catalog(root, upstream_timeout_s)
+        if catalog is not None:
+            catalog_path.write_text(catalog)
         stack = Stack(
             StackConfig(
                 root=root,
                 api_keys=[KEY_A, KEY_B],
-                catalog_path=write_catalog(root, upstream_timeout_s),
+                catalog_path=catalog_path,
                 env={**TEST_SETTINGS, **(env or {})},
                 sim_args=sim_args or [],
             )

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 @dataclass
@@ -19,8 +20,8 @@ class Received:
     at: float
 
 
-# An answer: status, headers, and seconds to stall before answering.
-Answer = tuple[int, dict[str, str], float]
+# An answer: status, headers, seconds to stall before answering, and optionally a body.
+Answer = tuple[int, dict[str, str], float] | tuple[int, dict[str, str], float, bytes]
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Receiver:
     script: dict[str, list[Answer]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
+    connections: list[Any] = field(default_factory=list)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -57,6 +59,14 @@ def running_receiver() -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def setup(self) -> None:
+            super().setup()
+            with receiver.lock:
+                receiver.connections.append(self.connection)
+
+        def do_GET(self) -> None:
+            self.do_POST()
+
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
@@ -69,10 +79,12 @@ def running_receiver() -> Iterator[Receiver]:
                         time.time(),
                     )
                 )
-            status, headers, stall = receiver._next(self.path)
+            answer = receiver._next(self.path)
+            status, headers, stall = answer[0], answer[1], answer[2]
             if stall:
                 receiver.release.wait(stall)
-            payload = b"ok" * 10_000  # bigger than taskwire reads of a receiver's answer
+            # by default, more than taskwire reads of a receiver's answer
+            payload = answer[3] if len(answer) > 3 else b"ok" * 10_000
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -95,6 +107,10 @@ def running_receiver() -> Iterator[Receiver]:
         receiver.release.set()
         server.shutdown()
         server.server_close()
+        with receiver.lock:
+            for connection in receiver.connections:
+                with contextlib.suppress(OSError):
+                    connection.close()
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
