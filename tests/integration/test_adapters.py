@@ -349,8 +349,9 @@ async def test_broken_streams(sim: str, client: httpx.AsyncClient, adapter: str)
 
 async def test_segmind_specific_errors(sim: str, client: httpx.AsyncClient) -> None:
     out_of_credits = UpstreamCall(route(sim, "segmind"), KEY, task("[[sim:status=406]]"), seed=1)
-    with pytest.raises(UpstreamUnreachable, match="credits"):
+    with pytest.raises(UpstreamRejected, match="credits") as caught:
         await run(client, out_of_credits)
+    assert caught.value.code == "noAvailableServer"
     garbage = UpstreamCall(route(sim, "segmind"), KEY, task("[[sim:garbage]]"), seed=1)
     with pytest.raises(UpstreamRejected) as caught:
         await run(client, garbage)

@@ -8,12 +8,7 @@ from typing import Any
 import httpx
 import structlog
 
-from core.errors import (
-    UpstreamError,
-    UpstreamRejected,
-    UpstreamServerError,
-    UpstreamUnreachable,
-)
+from core.errors import UpstreamError, UpstreamRejected, UpstreamServerError
 from worker.providers.base import (
     UpstreamCall,
     UpstreamEvent,
@@ -46,8 +41,11 @@ def error_for_segmind(response: httpx.Response) -> UpstreamError:
             "The model provider does not serve this model here.", http_status=status
         )
     if status == 406:
-        return UpstreamUnreachable(
-            "The model provider account is out of credits.", http_status=status
+        # Not worth retrying on this route; another provider may still answer.
+        return UpstreamRejected(
+            "The model provider account is out of credits.",
+            code="noAvailableServer",
+            http_status=status,
         )
     if status >= 500:
         return UpstreamServerError(
