@@ -10,13 +10,12 @@ from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from core.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable, TaskwireError
-from core.protocol import AuthenticationTask, TaskErrors, parse_task
+from core.protocol import TASK_UUID_PATTERN, AuthenticationTask, TaskErrors, parse_task
 from service.batch import Batch, Slot
-from service.state import AppState, get_state
+from service.state import State
 from service.streaming import sse_body, sse_response
 
 router = APIRouter()
-State = Annotated[AppState, Depends(get_state)]
 
 
 def json_response(
@@ -76,6 +75,25 @@ def parse_envelope(body: bytes) -> list[Any]:
 def bearer_key(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def checked_task_uuid(value: str) -> str:
+    """A taskUUID from a URL path, if it is one (InvalidRequest otherwise)."""
+    if not TASK_UUID_PATTERN.fullmatch(value):
+        raise InvalidRequest(
+            "taskUUID must be a canonical lower-case UUID v4.",
+            code="invalidTaskUUID",
+            parameter="taskUUID",
+        )
+    return value
+
+
+async def authenticated_owner(request: Request, state: State) -> str:
+    """The owner id of the request's bearer API key (AuthenticationFailed if none)."""
+    return state.keyring.authenticate(bearer_key(request))
+
+
+Owner = Annotated[str, Depends(authenticated_owner)]
 
 
 def split_authentication(request: Request, tasks: list[Any]) -> tuple[str | None, list[Any]]:

@@ -118,6 +118,10 @@ def create_app(settings: Settings) -> FastAPI:
             return error_response(ServiceUnavailable("Redis is unreachable.", retry_after=2))
         return json_response({"status": "ok"}, 200)
 
+    @app.exception_handler(TaskwireError)
+    async def taskwire_error(_request: Request, exc: TaskwireError) -> Response:
+        return error_response(exc)
+
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Response:
         codes = {404: "notFound", 405: "methodNotAllowed"}

@@ -6,20 +6,18 @@ import contextlib
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from core.errors import InvalidRequest, TaskNotFound, TaskwireError
 from core.events import TaskEvents, stream_id_order
 from core.keys import TaskRef
-from core.protocol import TASK_UUID_PATTERN
-from service.api import bearer_key, error_response
+from service.api import bearer_key, checked_task_uuid, error_response
 from service.delivery import confirmed
-from service.state import AppState, get_state
+from service.state import State
 from service.streaming import ChunkRenderer, sse_body, sse_response
 
 router = APIRouter()
-State = Annotated[AppState, Depends(get_state)]
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
@@ -35,12 +33,7 @@ async def task_events(
     until `[DONE]`. Authenticate with the API key, or with the token of a `streamURL`."""
     cors = {"Access-Control-Allow-Origin": "*"} if token is not None else {}
     try:
-        if not TASK_UUID_PATTERN.fullmatch(task_uuid):
-            raise InvalidRequest(
-                "taskUUID must be a canonical lower-case UUID v4.",
-                code="invalidTaskUUID",
-                parameter="taskUUID",
-            )
+        checked_task_uuid(task_uuid)
         if token is not None:
             owner = state.tokens.verify(token, task_uuid)
         else:

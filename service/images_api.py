@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from core.errors import InvalidRequest, TaskNotFound
 from core.images import classify
 from service.api import error_response
-from service.state import AppState, get_state
+from service.state import State
 
 router = APIRouter()
-State = Annotated[AppState, Depends(get_state)]
 
 
 @router.get("/v1/images/{name}")

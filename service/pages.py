@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from core.errors import TaskwireError
-from service.api import bearer_key, error_response, json_response
-from service.state import AppState, get_state
+from service.api import Owner, json_response
+from service.state import State
 
 router = APIRouter()
-State = Annotated[AppState, Depends(get_state)]
 _PLAYGROUND = (Path(__file__).parent / "static" / "playground.html").read_text()
 
 
@@ -24,12 +21,8 @@ async def playground() -> HTMLResponse:
 
 
 @router.get("/v1/models")
-async def models(request: Request, state: State) -> Response:
+async def models(_owner: Owner, state: State) -> Response:
     """The models this server serves, in OpenAI's list format."""
-    try:
-        state.keyring.authenticate(bearer_key(request))
-    except TaskwireError as exc:
-        return error_response(exc)
     data = [
         {
             "id": model.air,

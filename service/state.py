@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from redis.asyncio import Redis
 
 from core.catalog import Catalog
@@ -37,3 +38,7 @@ class AppState:
 async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.taskwire
     return state
+
+
+# The FastAPI dependency routes declare to receive the process's state.
+State = Annotated[AppState, Depends(get_state)]

@@ -9,25 +9,8 @@ import httpx
 import openai
 import pytest
 
-from devenv.procs import Process, child_env, free_port, http_ok, python_argv, wait_until
 from sim.app import UPSTREAM_SECRET_MARKER
-
-SIM_KEY = "sim-test-key"
-
-
-@pytest.fixture(scope="module")
-def sim_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    proc = Process(
-        "sim",
-        python_argv("-m", "sim", "--port", str(port), "--api-key", SIM_KEY),
-        child_env({}),
-        tmp_path_factory.mktemp("sim"),
-    ).start()
-    url = f"http://127.0.0.1:{port}"
-    wait_until(http_ok(f"{url}/health"), 20, "the simulator", proc.check_alive)
-    yield url
-    proc.stop()
+from tests.conftest import SIM_KEY
 
 
 @pytest.fixture

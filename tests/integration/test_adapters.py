@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,8 +22,9 @@ from core.errors import (
     UpstreamUnreachable,
 )
 from core.protocol import TextInferenceTask
-from devenv.procs import Process, child_env, free_port, http_ok, python_argv, wait_until
+from devenv.procs import free_port
 from sim.app import UPSTREAM_SECRET_MARKER
+from tests.conftest import SIM_KEY
 from worker.providers.base import (
     Finished,
     ReasoningDelta,
@@ -38,7 +39,7 @@ from worker.providers.runware import RunwareAdapter
 from worker.providers.segmind import SegmindAdapter
 from worker.result import ResultAssembler
 
-KEY = "sim-adapter-key"
+KEY = SIM_KEY
 PNG = (
     "data:image/png;base64,"
     + __import__("base64").b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 40).decode()
@@ -53,18 +54,8 @@ ADAPTERS = {
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    proc = Process(
-        "sim",
-        python_argv("-m", "sim", "--port", str(port), "--api-key", KEY),
-        child_env({}),
-        tmp_path_factory.mktemp("adapters"),
-    ).start()
-    url = f"http://127.0.0.1:{port}"
-    wait_until(http_ok(f"{url}/health"), 20, "the simulator", proc.check_alive)
-    yield url
-    proc.stop()
+def sim(sim_url: str) -> str:
+    return sim_url
 
 
 @pytest.fixture

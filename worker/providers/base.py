@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from core.catalog import Route
 from core.errors import (
@@ -21,6 +22,9 @@ from core.errors import (
     UpstreamUnreachable,
 )
 from core.protocol import TextInferenceTask
+from worker.providers.sse import aiter_sse
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,3 +165,54 @@ def error_for_transport(exc: httpx.HTTPError, *, streaming: bool) -> UpstreamErr
 def request_timeout(route: Route, connect_s: float) -> httpx.Timeout:
     """Connect quickly; then the route's timeout bounds every wait for the next bytes."""
     return httpx.Timeout(connect=connect_s, read=route.timeout_s, write=30.0, pool=30.0)
+
+
+def parse_model(model: type[_M], data: str | bytes, what: str) -> _M:
+    """An upstream payload as a pydantic model; UpstreamStreamBroken if it is not one."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise UpstreamStreamBroken(f"The model provider sent an unreadable {what}.") from exc
+
+
+async def stream_events(
+    client: httpx.AsyncClient,
+    call: UpstreamCall,
+    url: str,
+    body: Any,
+    headers: dict[str, str],
+    *,
+    on_event: Callable[[str], list[UpstreamEvent]],
+    on_whole: Callable[[bytes], list[UpstreamEvent]],
+    connect_timeout_s: float,
+) -> AsyncIterator[UpstreamEvent]:
+    """POST `body` and yield what the upstream's server-sent events mean (`on_event` reads
+    one event's data; `on_whole` a whole answer, for an upstream that did not stream). The
+    stream must reach a Finished event; `[DONE]` ends it. Upstream error bodies are never
+    read: the status decides the error."""
+    try:
+        async with client.stream(
+            "POST",
+            url,
+            json=body,
+            headers={"Accept": "text/event-stream", **headers},
+            timeout=request_timeout(call.route, connect_timeout_s),
+        ) as response:
+            if response.status_code >= 400:
+                await response.aclose()
+                raise error_for_status(response)
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                for event in on_whole(await response.aread()):
+                    yield event
+                return
+            finished = False
+            async for sse in aiter_sse(response):
+                if sse.data == "[DONE]":
+                    break
+                for event in on_event(sse.data):
+                    finished = finished or isinstance(event, Finished)
+                    yield event
+            if not finished:
+                raise UpstreamStreamBroken("The model provider's stream ended early.")
+    except httpx.HTTPError as exc:
+        raise error_for_transport(exc, streaming=True) from exc

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from core.errors import UpstreamStreamBroken
 from core.protocol import Message, TextInferenceTask
@@ -19,13 +19,11 @@ from worker.providers.base import (
     UpstreamCall,
     UpstreamEvent,
     UsageReport,
-    error_for_status,
-    error_for_transport,
     last_user_index,
-    request_timeout,
+    parse_model,
+    stream_events,
     system_text,
 )
-from worker.providers.sse import aiter_sse
 
 
 class _Loose(BaseModel):
@@ -235,10 +233,14 @@ def events_of_chunk(chunk: _Chunk) -> list[UpstreamEvent]:
 
 def parse_completion(raw: bytes) -> list[UpstreamEvent]:
     """Events of a whole (non-streamed) chat completion body."""
-    try:
-        return events_of_chunk(_Chunk.model_validate_json(raw))
-    except ValidationError as exc:
-        raise UpstreamStreamBroken("The model provider sent an unreadable answer.") from exc
+    return events_of_chunk(parse_model(_Chunk, raw, "answer"))
+
+
+def events_of_data(data: str) -> list[UpstreamEvent]:
+    chunk = parse_model(_Chunk, data, "stream event")
+    if chunk.error is not None:
+        raise UpstreamStreamBroken("The model provider failed mid-stream.")
+    return events_of_chunk(chunk)
 
 
 class OpenAIChatAdapter:
@@ -247,48 +249,14 @@ class OpenAIChatAdapter:
     def __init__(self, connect_timeout_s: float = 5.0):
         self._connect_timeout_s = connect_timeout_s
 
-    async def stream(
-        self, client: httpx.AsyncClient, call: UpstreamCall
-    ) -> AsyncIterator[UpstreamEvent]:
-        headers = {
-            "Authorization": f"Bearer {call.api_key}",
-            "Accept": "text/event-stream",
-            **call.route.headers,
-        }
-        url = f"{call.route.base_url}/chat/completions"
-        try:
-            async with client.stream(
-                "POST",
-                url,
-                json=build_body(call),
-                headers=headers,
-                timeout=request_timeout(call.route, self._connect_timeout_s),
-            ) as response:
-                if response.status_code >= 400:
-                    await response.aclose()  # never read (or log) an upstream error body
-                    raise error_for_status(response)
-                if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    for event in parse_completion(await response.aread()):
-                        yield event
-                    return
-                finished = False
-                async for sse in aiter_sse(response):
-                    if sse.data == "[DONE]":
-                        if not finished:
-                            raise UpstreamStreamBroken("The model provider's stream ended early.")
-                        return
-                    try:
-                        chunk = _Chunk.model_validate_json(sse.data)
-                    except ValidationError as exc:
-                        raise UpstreamStreamBroken(
-                            "The model provider sent an unreadable stream event."
-                        ) from exc
-                    if chunk.error is not None:
-                        raise UpstreamStreamBroken("The model provider failed mid-stream.")
-                    for event in events_of_chunk(chunk):
-                        finished = finished or isinstance(event, Finished)
-                        yield event
-                if not finished:
-                    raise UpstreamStreamBroken("The model provider's stream ended early.")
-        except httpx.HTTPError as exc:
-            raise error_for_transport(exc, streaming=True) from exc
+    def stream(self, client: httpx.AsyncClient, call: UpstreamCall) -> AsyncIterator[UpstreamEvent]:
+        return stream_events(
+            client,
+            call,
+            f"{call.route.base_url}/chat/completions",
+            build_body(call),
+            {"Authorization": f"Bearer {call.api_key}", **call.route.headers},
+            on_event=events_of_data,
+            on_whole=parse_completion,
+            connect_timeout_s=self._connect_timeout_s,
+        )

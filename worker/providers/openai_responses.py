@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from core.errors import UpstreamRateLimited, UpstreamServerError, UpstreamStreamBroken
+from core.errors import UpstreamRateLimited, UpstreamServerError
 from core.protocol import Message, TextInferenceTask
 from worker.providers.base import (
     Finished,
@@ -19,13 +19,11 @@ from worker.providers.base import (
     UpstreamCall,
     UpstreamEvent,
     UsageReport,
-    error_for_status,
-    error_for_transport,
     last_user_index,
-    request_timeout,
+    parse_model,
+    stream_events,
     system_text,
 )
-from worker.providers.sse import aiter_sse
 
 
 class _Loose(BaseModel):
@@ -213,10 +211,7 @@ def events_of(event: _Event) -> list[UpstreamEvent]:
 
 def events_of_response(raw: bytes) -> list[UpstreamEvent]:
     """Events of a whole (non-streamed) Responses API answer."""
-    try:
-        response = _Response.model_validate_json(raw)
-    except ValidationError as exc:
-        raise UpstreamStreamBroken("The model provider sent an unreadable answer.") from exc
+    response = parse_model(_Response, raw, "answer")
     found: list[UpstreamEvent] = []
     for index, item in enumerate(response.output):
         if item.type == "reasoning":
@@ -231,48 +226,24 @@ def events_of_response(raw: bytes) -> list[UpstreamEvent]:
     return found
 
 
+def events_of_data(data: str) -> list[UpstreamEvent]:
+    return events_of(parse_model(_Event, data, "stream event"))
+
+
 class OpenAIResponsesAdapter:
     name = "openai-responses"
 
     def __init__(self, connect_timeout_s: float = 5.0):
         self._connect_timeout_s = connect_timeout_s
 
-    async def stream(
-        self, client: httpx.AsyncClient, call: UpstreamCall
-    ) -> AsyncIterator[UpstreamEvent]:
-        headers = {
-            "Authorization": f"Bearer {call.api_key}",
-            "Accept": "text/event-stream",
-            **call.route.headers,
-        }
-        try:
-            async with client.stream(
-                "POST",
-                f"{call.route.base_url}/responses",
-                json=build_body(call),
-                headers=headers,
-                timeout=request_timeout(call.route, self._connect_timeout_s),
-            ) as response:
-                if response.status_code >= 400:
-                    await response.aclose()
-                    raise error_for_status(response)
-                if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    for upstream_event in events_of_response(await response.aread()):
-                        yield upstream_event
-                    return
-                finished = False
-                async for sse in aiter_sse(response):
-                    try:
-                        event = _Event.model_validate_json(sse.data)
-                    except ValidationError as exc:
-                        raise UpstreamStreamBroken(
-                            "The model provider sent an unreadable stream event."
-                        ) from exc
-                    for upstream_event in events_of(event):
-                        finished = finished or isinstance(upstream_event, Finished)
-                        yield upstream_event
-                    if finished:
-                        return
-                raise UpstreamStreamBroken("The model provider's stream ended early.")
-        except httpx.HTTPError as exc:
-            raise error_for_transport(exc, streaming=True) from exc
+    def stream(self, client: httpx.AsyncClient, call: UpstreamCall) -> AsyncIterator[UpstreamEvent]:
+        return stream_events(
+            client,
+            call,
+            f"{call.route.base_url}/responses",
+            build_body(call),
+            {"Authorization": f"Bearer {call.api_key}", **call.route.headers},
+            on_event=events_of_data,
+            on_whole=events_of_response,
+            connect_timeout_s=self._connect_timeout_s,
+        )

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from core.errors import (
     UpstreamRateLimited,
@@ -24,11 +24,9 @@ from worker.providers.base import (
     UpstreamCall,
     UpstreamEvent,
     UsageReport,
-    error_for_status,
-    error_for_transport,
-    request_timeout,
+    parse_model,
+    stream_events,
 )
-from worker.providers.sse import aiter_sse
 
 
 class _Loose(BaseModel):
@@ -56,6 +54,19 @@ class _ToolCall(_Loose):
 class _Error(_Loose):
     code: str = ""
     message: str = ""
+
+
+class _Item(_Loose):
+    text: str | None = None
+    reasoningContent: str | None = None
+    finishReason: str | None = None
+    usage: _Usage | None = None
+    toolCalls: list[_ToolCall] | None = None
+
+
+class _Answer(_Loose):
+    data: list[_Item] = []
+    errors: list[_Error] | None = None
 
 
 class _Chunk(_Loose):
@@ -116,46 +127,44 @@ def events_of(chunk: _Chunk) -> list[UpstreamEvent]:
     return found
 
 
+def events_of_data(data: str) -> list[UpstreamEvent]:
+    return events_of(parse_model(_Chunk, data, "stream event"))
+
+
+def events_of_answer(raw: bytes) -> list[UpstreamEvent]:
+    """A sync answer (`{"data": [item]}`), from an upstream that did not stream."""
+    answer = parse_model(_Answer, raw, "answer")
+    if answer.errors:
+        _raise_for(answer.errors)
+    if not answer.data:
+        raise UpstreamStreamBroken("The model provider sent an empty answer.")
+    item = answer.data[0]
+    events: list[UpstreamEvent] = []
+    if item.reasoningContent:
+        events.append(ReasoningDelta(item.reasoningContent))
+    if item.text:
+        events.append(TextDelta(item.text))
+    return events + events_of(
+        _Chunk(
+            finishReason=item.finishReason or "unknown", usage=item.usage, toolCalls=item.toolCalls
+        )
+    )
+
+
 class RunwareAdapter:
     name = "runware"
 
     def __init__(self, connect_timeout_s: float = 5.0):
         self._connect_timeout_s = connect_timeout_s
 
-    async def stream(
-        self, client: httpx.AsyncClient, call: UpstreamCall
-    ) -> AsyncIterator[UpstreamEvent]:
-        headers = {
-            "Authorization": f"Bearer {call.api_key}",
-            "Accept": "text/event-stream",
-            **call.route.headers,
-        }
-        try:
-            async with client.stream(
-                "POST",
-                call.route.base_url,
-                json=[build_task(call)],
-                headers=headers,
-                timeout=request_timeout(call.route, self._connect_timeout_s),
-            ) as response:
-                if response.status_code >= 400:
-                    await response.aclose()
-                    raise error_for_status(response)
-                finished = False
-                async for sse in aiter_sse(response):
-                    if sse.data == "[DONE]":
-                        if not finished:
-                            raise UpstreamStreamBroken("The model provider's stream ended early.")
-                        return
-                    try:
-                        chunk = _Chunk.model_validate_json(sse.data)
-                    except ValidationError as exc:
-                        raise UpstreamStreamBroken(
-                            "The model provider sent an unreadable stream event."
-                        ) from exc
-                    for event in events_of(chunk):
-                        finished = finished or isinstance(event, Finished)
-                        yield event
-                raise UpstreamStreamBroken("The model provider's stream ended early.")
-        except httpx.HTTPError as exc:
-            raise error_for_transport(exc, streaming=True) from exc
+    def stream(self, client: httpx.AsyncClient, call: UpstreamCall) -> AsyncIterator[UpstreamEvent]:
+        return stream_events(
+            client,
+            call,
+            call.route.base_url,
+            [build_task(call)],
+            {"Authorization": f"Bearer {call.api_key}", **call.route.headers},
+            on_event=events_of_data,
+            on_whole=events_of_answer,
+            connect_timeout_s=self._connect_timeout_s,
+        )
