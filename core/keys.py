@@ -52,8 +52,9 @@ class Keys:
     def image(self, image_uuid: str) -> str:
         return f"{self.prefix}:img:{image_uuid}"
 
-    def route_health(self, model: str, route: str) -> str:
-        return f"{self.prefix}:route:{model}:{route}"
+    def route_health(self, model: str) -> str:
+        """One hash per model: each route's consecutive failures and cool-down end."""
+        return f"{self.prefix}:routes:{model}"
 
     def webhook_secret(self, owner: str) -> str:
         return f"{self.prefix}:whsec:{owner}"

@@ -24,12 +24,14 @@ log = structlog.get_logger("taskwire.routing")
 
 # KEYS[1] route health. ARGV: now s, threshold, cool-down s. Counts a failure; at the
 # threshold starts a cool-down (and resets the count). Returns the cool-down's end, or 0.
+# KEYS[1] a model's route health (one hash: "<route>:fails", "<route>:until").
+# ARGV: route, now s, threshold, cool-down s.
 _FAILED = """
-local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+local fails = redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':fails', 1)
 redis.call('EXPIRE', KEYS[1], 86400)
-if fails >= tonumber(ARGV[2]) then
-  local until_ = tonumber(ARGV[1]) + tonumber(ARGV[3])
-  redis.call('HSET', KEYS[1], 'fails', 0, 'cool_until', until_)
+if fails >= tonumber(ARGV[3]) then
+  local until_ = tonumber(ARGV[2]) + tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], ARGV[1] .. ':fails', 0, ARGV[1] .. ':until', until_)
   return tostring(until_)
 end
 return '0'
@@ -59,13 +61,14 @@ class RouteHealth:
         now = time.monotonic()
         if cached is not None and now - cached[0] < self._cache_s:
             return cached[1]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for route in model.routes:
-                pipe.hmget(self._keys.route_health(model.air, route.name), ["fails", "cool_until"])
-            replies = await pipe.execute()
+        raw = await self._redis.hgetall(self._keys.route_health(model.air))  # type: ignore[misc]
+        fields = {key.decode(): value for key, value in raw.items()}
         states = {
-            route.name: (int(fails or 0), float(until or 0))
-            for route, (fails, until) in zip(model.routes, replies, strict=True)
+            route.name: (
+                int(fields.get(f"{route.name}:fails", 0)),
+                float(fields.get(f"{route.name}:until", 0)),
+            )
+            for route in model.routes
         }
         self._cache[model.air] = (now, states)
         return states
@@ -81,8 +84,8 @@ class RouteHealth:
         """Count a failure; the cool-down's end if this one started it."""
         until = float(
             await self._failed(
-                keys=[self._keys.route_health(model.air, route.name)],
-                args=[time.time(), self._threshold, self._cooldown_s],
+                keys=[self._keys.route_health(model.air)],
+                args=[route.name, time.time(), self._threshold, self._cooldown_s],
             )
         )
         self._cache.pop(model.air, None)
@@ -100,8 +103,8 @@ class RouteHealth:
     async def succeeded(self, model: ModelSpec, route: Route) -> None:
         states = await self.states(model)
         if states.get(route.name, (0, 0.0))[0] > 0:
-            key = self._keys.route_health(model.air, route.name)
-            await self._redis.hset(key, "fails", "0")  # type: ignore[misc]
+            key = self._keys.route_health(model.air)
+            await self._redis.hset(key, f"{route.name}:fails", "0")  # type: ignore[misc]
             self._cache.pop(model.air, None)
 
 
