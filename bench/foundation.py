@@ -25,6 +25,23 @@ from bench.common import (
 from devenv.stack import Stack
 
 
+async def logged(
+    stack: Stack, event: str, task_uuids: set[str], count: int, within_s: float = 10
+) -> list[dict[str, Any]]:
+    """The workers' `event` log lines for these tasks, once `count` of them are written."""
+    deadline = time.monotonic() + within_s
+    while True:
+        lines = [
+            line
+            for worker in stack.workers
+            for line in log_events(worker.log_path, event)
+            if line.get("task_uuid") in task_uuids
+        ]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        await asyncio.sleep(0.1)
+
+
 async def _direct_call(client: httpx.AsyncClient, stack: Stack, prompt: str, seed: int) -> float:
     started = time.perf_counter()
     async with client.stream(
@@ -75,13 +92,9 @@ async def sync_latency(
                 direct.append(d * 1000)
                 through.append(t * 1000)
     measured = set(uuids[warmup:])
-    await asyncio.sleep(0.5)  # the worker logs a result just after publishing it
-    queue = [
-        line["queue_ms"]
-        for worker in stack.workers
-        for line in log_events(worker.log_path, "result.finished")
-        if line.get("task_uuid") in measured
-    ]
+    # the worker logs a result just after publishing it
+    lines = await logged(stack, "result.finished", measured, len(measured))
+    queue = [line["queue_ms"] for line in lines]
     return {
         "ttft_ms": ttft_ms,
         "samples": samples,
@@ -119,13 +132,7 @@ async def async_throughput(
         while await redis.zcard("tw:queue") > 0:  # noqa: ASYNC110 (a measuring loop)
             await asyncio.sleep(0.05)
     await redis.aclose()
-    await asyncio.sleep(0.5)
-    finished = [
-        line
-        for worker in stack.workers
-        for line in log_events(worker.log_path, "task.finished")
-        if line.get("task_uuid") in wanted
-    ]
+    finished = await logged(stack, "task.finished", wanted, total)
     if len(finished) != total:
         raise RuntimeError(f"only {len(finished)} of {total} tasks finished")
     failures = sum(1 for line in finished if line["status"] != "success")

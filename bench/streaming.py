@@ -5,6 +5,7 @@ streams one API process holds (with memory per stream)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -119,40 +120,49 @@ async def chunk_latency(
 async def redis_commands(stack: Stack, tokens: int, tps: int) -> dict[str, Any]:
     """Every Redis command while one stream task of `tokens` tokens runs, from MONITOR."""
     monitor_client = aioredis.Redis.from_url(stack.redis_url)
+    probe = aioredis.Redis.from_url(stack.redis_url)
     lines: list[str] = []
-    stop = asyncio.Event()
+    started = asyncio.Event()
 
     async def watch() -> None:
         async with monitor_client.monitor() as monitor:
             async for command in monitor.listen():
-                lines.append(f"{command['client_type']} {command['command']}")
-                if stop.is_set():
+                text = command["command"]
+                if "bench-monitor-start" in text:
+                    started.set()
+                elif "bench-monitor-stop" in text:
                     return
+                elif started.is_set():
+                    lines.append(f"{command['client_type']} {text}")
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.3)
+    while not started.is_set():  # MONITOR is live once it echoes our marker
+        await probe.echo("bench-monitor-start")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(started.wait(), 0.1)
     pace = f",tps={tps}" if tps else ""
     task = text_task(
         f"bench redis {uuid.uuid4().hex[:8]} [[sim:tokens={tokens}{pace}]]",
         deliveryMethod="stream",
         seed=1,
     )
-    async with httpx.AsyncClient(timeout=120) as client:
-        async with client.stream(
-            "POST", f"{stack.api_url}/v1", json=[task], headers=AUTH
-        ) as response:
-            await response.aread()
-        await asyncio.sleep(0.3)  # the worker settles its job just after the final event
-    stop.set()
-    await monitor_client.ping()  # one more line so the watcher sees `stop`
+    async with (
+        httpx.AsyncClient(timeout=120) as client,
+        client.stream("POST", f"{stack.api_url}/v1", json=[task], headers=AUTH) as response,
+    ):
+        await response.aread()
+    while await probe.zcard("tw:queue") > 0:  # noqa: ASYNC110 (the worker settles its job)
+        await asyncio.sleep(0.02)
+    await probe.echo("bench-monitor-stop")
     await asyncio.wait_for(watcher, 5)
     await monitor_client.aclose()
+    await probe.aclose()
     sent = Counter()
     inside = Counter()
     for line in lines:
         kind, _, command = line.partition(" ")
         name = command.split(" ", 1)[0].upper()
-        if name in ("PING", "MONITOR", "INFO"):
+        if name in ("PING", "MONITOR", "INFO", "ECHO", "ZCARD"):
             continue
         (inside if kind == "lua" else sent)[name] += 1
     per_k = 1000 / tokens

@@ -132,7 +132,13 @@ async def test_a_reader_that_falls_behind_gets_resync(hub: EventHub, store: Task
     async with hub.subscribe(store.keys.events(ref)) as sub:
         await sub.ready()
         await store.append_events(ref, [{"n": i} for i in range(1100)])  # queue holds 1024
-        await asyncio.sleep(0.2)  # let the hub deliver (and overflow) before reading
+
+        async def overflowed() -> None:
+            while not sub.lagged:  # noqa: ASYNC110 (waiting on the hub's own state)
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(overflowed(), 10)
+        assert sub.queue.full()
         assert await sub.get() is RESYNC
 
 
