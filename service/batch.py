@@ -154,41 +154,14 @@ class Batch:
             elif isinstance(slot.task, GetResponseTask):
                 lookups.append(slot)
             elif isinstance(slot.task, TextInferenceTask):
-                if slot.task.deliveryMethod == "stream" and len(raw_tasks) > 1:
-                    slot.errors.append(
-                        InvalidRequest(
-                            'A task with deliveryMethod "stream" must be the only task in its '
-                            "request (its response is the event stream).",
-                            code="invalidDeliveryMethod",
-                            parameter="deliveryMethod",
+                try:
+                    inference.append(
+                        await self._accept(
+                            slot, slot.task, subscriptions, alone=len(raw_tasks) == 1
                         )
                     )
-                    continue
-                # A waiting task's subscription starts now, so Redis confirms it while the
-                # rest of the request is checked; results can only arrive after it is live.
-                sub = None
-                if slot.task.deliveryMethod in ("sync", "stream"):
-                    ref = TaskRef(self.owner, slot.task.taskUUID)
-                    sub = await subscriptions.enter_async_context(
-                        watching(self.hub, self.store, ref)
-                    )
-                prepared = self._prepare(slot, slot.task)
-                if prepared is not None and slot.task.webhookURL is not None:
-                    refusal = await self._refuse_webhook(slot.task.webhookURL)
-                    if refusal is not None:
-                        slot.errors.append(refusal)
-                        prepared = None
-                if prepared is not None and slot.task.inputs is not None:
-                    try:
-                        prepared.new.request["inputs"]["images"] = await self.images.references(
-                            self.owner, list(slot.task.inputs.images)
-                        )
-                    except InvalidRequest as exc:
-                        slot.errors.append(exc)
-                        prepared = None
-                if prepared is not None:
-                    prepared.sub = sub
-                    inference.append(prepared)
+                except InvalidRequest as exc:
+                    slot.errors.append(exc)
             else:
                 slot.errors.append(
                     InvalidRequest(
@@ -205,27 +178,54 @@ class Batch:
 
     # --- textInference
 
-    def _prepare(self, slot: Slot, task: TextInferenceTask) -> _Inference | None:
+    async def _accept(
+        self,
+        slot: Slot,
+        task: TextInferenceTask,
+        subscriptions: contextlib.AsyncExitStack,
+        *,
+        alone: bool,
+    ) -> _Inference:
+        """A valid textInference task, ready to submit (InvalidRequest if it is not)."""
+        if task.deliveryMethod == "stream" and not alone:
+            raise InvalidRequest(
+                'A task with deliveryMethod "stream" must be the only task in its request '
+                "(its response is the event stream).",
+                code="invalidDeliveryMethod",
+                parameter="deliveryMethod",
+            )
+        # A waiting task's subscription starts now, so Redis confirms it while the rest of
+        # the request is checked; results can only arrive after it is live.
+        sub = None
+        if task.deliveryMethod in ("sync", "stream"):
+            sub = await subscriptions.enter_async_context(
+                watching(self.hub, self.store, TaskRef(self.owner, task.taskUUID))
+            )
+        prepared = self._prepare(slot, task)
+        if task.webhookURL is not None:
+            await self._check_webhook(task.webhookURL)
+        if task.inputs is not None:
+            prepared.new.request["inputs"]["images"] = await self.images.references(
+                self.owner, list(task.inputs.images)
+            )
+        prepared.sub = sub
+        return prepared
+
+    def _prepare(self, slot: Slot, task: TextInferenceTask) -> _Inference:
         model = self.catalog.get(task.model)
         if model is None:
-            slot.errors.append(
-                InvalidRequest(
-                    f"Unknown model {task.model!r}; available: {', '.join(self.catalog.ids())}.",
-                    code="unknownModel",
-                    parameter="model",
-                )
+            raise InvalidRequest(
+                f"Unknown model {task.model!r}; available: {', '.join(self.catalog.ids())}.",
+                code="unknownModel",
+                parameter="model",
             )
-            return None
         if task.settings.maxTokens > model.max_output_tokens:
-            slot.errors.append(
-                InvalidRequest(
-                    f"settings.maxTokens is {task.settings.maxTokens}; {task.model} produces at "
-                    f"most {model.max_output_tokens} output tokens.",
-                    code="invalidMaxTokens",
-                    parameter="settings.maxTokens",
-                )
+            raise InvalidRequest(
+                f"settings.maxTokens is {task.settings.maxTokens}; {task.model} produces at "
+                f"most {model.max_output_tokens} output tokens.",
+                code="invalidMaxTokens",
+                parameter="settings.maxTokens",
             )
-            return None
         ref = TaskRef(self.owner, task.taskUUID)
         request = task.model_dump(mode="json", by_alias=True, exclude_none=True)
         new = NewTask(ref, fingerprint(slot.raw), request, seeds_for(task))
@@ -292,21 +292,20 @@ class Batch:
             items.append(shown)
         return items
 
-    async def _refuse_webhook(self, url: str) -> InvalidRequest | None:
+    async def _check_webhook(self, url: str) -> None:
         """The outbound guard's verdict on a webhook URL at submit time. A name that does not
         resolve now is accepted: delivery checks again, and retries on its schedule."""
         try:
             async with asyncio.timeout(self.settings.outbound_resolve_timeout_s):
                 await check_url(url, self.outbound)
         except (OutboundUnresolvable, TimeoutError):
-            return None
+            return
         except OutboundRefused as exc:
-            return InvalidRequest(
+            raise InvalidRequest(
                 f"webhookURL is not allowed: {exc}.",
                 code="invalidWebhookURL",
                 parameter="webhookURL",
-            )
-        return None
+            ) from None
 
     # --- getResponse
 
