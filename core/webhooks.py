@@ -65,8 +65,10 @@ class WebhookSecrets:
 
     async def get(self, owner: str) -> SecretState:
         key = self._keys.webhook_secret(owner)
-        await self._redis.hsetnx(key, "current", new_secret())  # type: ignore[misc]
         raw = await self._redis.hgetall(key)  # type: ignore[misc]
+        if not raw:  # first use: create it (once, whichever process gets there first)
+            await self._redis.hsetnx(key, "current", new_secret())  # type: ignore[misc]
+            raw = await self._redis.hgetall(key)  # type: ignore[misc]
         return _state(raw)
 
     async def rotate(self, owner: str, window_s: float) -> SecretState:
