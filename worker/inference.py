@@ -72,10 +72,14 @@ class Inference:
         self._health = health
         self._images = images
         self._environ = os.environ if environ is None else environ
-        self._reported_skips: set[tuple[str, str]] = set()
+        self._usable: dict[str, list[tuple[Route, str]]] = {}
 
     def usable_routes(self, model: ModelSpec) -> list[tuple[Route, str]]:
-        """Routes with an adapter here and a key in the environment, in catalog order."""
+        """Routes with an adapter here and a key in the environment, in catalog order
+        (worked out once per model: neither changes while the process runs)."""
+        cached = self._usable.get(model.air)
+        if cached is not None:
+            return cached
         usable = []
         for route in model.routes:
             key = route.api_key(self._environ)
@@ -86,9 +90,9 @@ class Inference:
                 reason = f"{route.api_key_env} is not set"
             if reason is None and key is not None:
                 usable.append((route, key))
-            elif (model.air, route.name) not in self._reported_skips:
-                self._reported_skips.add((model.air, route.name))
+            else:
                 log.info("route.skipped", model=model.air, route=route.name, reason=reason)
+        self._usable[model.air] = usable
         return usable
 
     async def candidates(self, model: ModelSpec) -> list[tuple[Route, str]]:
