@@ -16,7 +16,7 @@ from sim.generation import (
 )
 from sim.inputs import read_content
 from sim.scenario import Scenario
-from sim.timing import FLUSH, Pacer, SimulatedDrop, _Flush, hang_forever
+from sim.timing import Pacer, _Flush
 
 
 def parse_request(body: dict[str, Any]) -> SimRequest:
@@ -186,7 +186,6 @@ async def completion_chunks(
         deltas += [{"content": token} for token in g.tokens]
         steps.append(deltas)
     pacer = Pacer(scenario)
-    paced = scenario.tps > 0
     await pacer.first()
     for g in generations:
         yield chunk(g.index, {"role": "assistant", "content": "", "refusal": None})
@@ -195,15 +194,8 @@ async def completion_chunks(
         for g, deltas in zip(generations, steps, strict=True):
             if step < len(deltas):
                 yield chunk(g.index, deltas[step])
-        if scenario.drop_after is not None and emitted >= scenario.drop_after:
-            yield FLUSH
-            raise SimulatedDrop
-        if scenario.hang_after is not None and emitted >= scenario.hang_after:
-            yield FLUSH
-            await hang_forever()
-        if paced:
-            yield FLUSH
-        await pacer.next()
+        async for marker in pacer.step(emitted):
+            yield marker
     for g in generations:
         yield chunk(g.index, {}, g.finish_reason)
     if include_usage:

@@ -10,7 +10,7 @@ from typing import Any
 from sim.generation import BadRequest, Generation, SimRequest, Usage, plan, usage_of
 from sim.inputs import read_content
 from sim.scenario import Scenario
-from sim.timing import FLUSH, Pacer, SimulatedDrop, _Flush, hang_forever
+from sim.timing import Pacer, _Flush
 
 
 def parse_request(body: dict[str, Any]) -> SimRequest:
@@ -297,15 +297,8 @@ async def response_events(
     for emitted, batch in enumerate(steps, start=1):
         for item_event in batch:
             yield item_event
-        if scenario.drop_after is not None and emitted >= scenario.drop_after:
-            yield FLUSH
-            raise SimulatedDrop
-        if scenario.hang_after is not None and emitted >= scenario.hang_after:
-            yield FLUSH
-            await hang_forever()
-        if scenario.tps > 0:
-            yield FLUSH
-        await pacer.next()
+        async for marker in pacer.step(emitted):
+            yield marker
     status = "incomplete" if g.finish_reason == "length" else "completed"
     final = "response.incomplete" if status == "incomplete" else "response.completed"
     yield event(final, response=_response(model, g, ids, status, usage_of(request, [g], scenario)))

@@ -9,7 +9,7 @@ from typing import Any
 from sim.generation import BadRequest, Generation, SimRequest, Usage, plan, usage_of
 from sim.inputs import image_from_url
 from sim.scenario import Scenario
-from sim.timing import FLUSH, Pacer, SimulatedDrop, _Flush, hang_forever
+from sim.timing import Pacer, _Flush
 
 
 def split_tasks(body: Any) -> tuple[str | None, list[dict[str, Any]]]:
@@ -89,15 +89,8 @@ async def stream_chunks(
     await pacer.first()
     for emitted, delta in enumerate(deltas, start=1):
         yield {**base, "delta": delta}
-        if scenario.drop_after is not None and emitted >= scenario.drop_after:
-            yield FLUSH
-            raise SimulatedDrop
-        if scenario.hang_after is not None and emitted >= scenario.hang_after:
-            yield FLUSH
-            await hang_forever()
-        if scenario.tps > 0:
-            yield FLUSH
-        await pacer.next()
+        async for marker in pacer.step(emitted):
+            yield marker
     final: dict[str, Any] = {**base, "delta": {}, "finishReason": g.finish_reason}
     if task.get("includeUsage"):
         final["usage"] = _usage(usage_of(request, [g], scenario))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 from sim.scenario import Scenario
 
@@ -41,6 +42,21 @@ class Pacer:
         if self._scenario.ttft_ms > 0:
             await asyncio.sleep(self._scenario.ttft_ms / 1000)
         self._start = time.perf_counter()
+
+    async def step(self, emitted: int) -> AsyncIterator[_Flush]:
+        """After the `emitted`-th step of output: drop the connection or go silent if the
+        scenario says so (flushing what was produced first), else wait until the next
+        token is due. Yields FLUSH where output must leave now."""
+        scenario = self._scenario
+        if scenario.drop_after is not None and emitted >= scenario.drop_after:
+            yield FLUSH
+            raise SimulatedDrop
+        if scenario.hang_after is not None and emitted >= scenario.hang_after:
+            yield FLUSH
+            await hang_forever()
+        if scenario.tps > 0:
+            yield FLUSH
+        await self.next()
 
     async def next(self) -> None:
         self._count += 1
