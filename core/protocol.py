@@ -279,7 +279,7 @@ def errors_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
     """Translate pydantic errors into protocol errors: code from the field, dotted parameter."""
     found: list[InvalidRequest] = []
     for error in exc.errors(include_url=False):
-        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        loc = list(error["loc"])
         parameter = ".".join(str(part) for part in loc)
         names = [part for part in loc if isinstance(part, str)]
         field = names[-1] if names else "request"
@@ -313,11 +313,6 @@ def errors_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
                 )
             )
     return found
-
-
-def _is_union_tag(part: object) -> bool:
-    # pydantic puts the member type of a `str | None` union in the location ("str", "list[...]")
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
 
 
 def _fields_at(root: type[BaseModel], path: list[int | str]) -> list[str]:

@@ -46,10 +46,6 @@ class TaskRecord:
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     deliveries: dict[int, dict[str, Any]] = field(default_factory=dict)  # webhook state
 
-    @property
-    def finished(self) -> bool:
-        return len(self.results) >= self.number_results
-
 
 @dataclass(slots=True)
 class JobInput:
@@ -57,24 +53,22 @@ class JobInput:
 
     request: dict[str, Any]
     seed: int
-    number_results: int
     created_ms: float
     existing_result: dict[str, Any] | None
 
 
 # What a job reads of its task record (then its own result slot, "r:<index>").
-JOB_INPUT_FIELDS = ("req", "seeds", "n", "created")
+JOB_INPUT_FIELDS = ("req", "seeds", "created")
 
 
 def job_input_from(fields: Sequence[bytes | None], index: int) -> JobInput | None:
     """A JobInput from HMGET of JOB_INPUT_FIELDS + the result slot (None: task gone)."""
-    req, seeds, n, created, existing = fields
-    if req is None or seeds is None or n is None or created is None:
+    req, seeds, created, existing = fields
+    if req is None or seeds is None or created is None:
         return None
     return JobInput(
         request=json.loads(req),
         seed=int(json.loads(seeds)[index]),
-        number_results=int(n),
         created_ms=float(created),
         existing_result=json.loads(existing) if existing is not None else None,
     )
@@ -97,7 +91,6 @@ class FinishOutcome:
     written: bool
     done: int = 0
     number_results: int = 0
-    event_id: str | None = None
     errors: int = 0
     created_ms: float = 0.0
 
@@ -162,8 +155,8 @@ if ARGV[8] ~= '' then
   redis.call('PUBLISH', follow.wake, '1')
 end
 for i = 9, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[4], ARGV[5]) end
-local id = append_event(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
-return {1, done, n, id, errors, created}
+append_event(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
+return {1, done, n, errors, created}
 """
 )
 
@@ -349,9 +342,8 @@ class TaskStore:
             written=True,
             done=int(reply[1]),
             number_results=int(reply[2]),
-            event_id=_text(reply[3]),
-            errors=int(reply[4]),
-            created_ms=float(reply[5]),
+            errors=int(reply[3]),
+            created_ms=float(reply[4]),
         )
 
 

@@ -84,7 +84,3 @@ class Scenario:
         if name == "hang":
             return replace(self, hang=True)
         return replace(self, flags=self.flags | {name})
-
-
-def strip_directives(text: str) -> str:
-    return _DIRECTIVE.sub("", text).strip()

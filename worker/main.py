@@ -29,9 +29,9 @@ from worker.images import ImageResolver
 from worker.inference import Inference
 from worker.jobs import WorkerDeps, run_result
 from worker.providers.base import Adapter
-from worker.providers.openai_chat import OpenAIChatAdapter
-from worker.providers.openai_responses import OpenAIResponsesAdapter
-from worker.providers.runware import RunwareAdapter
+from worker.providers.openai_chat import chat_adapter
+from worker.providers.openai_responses import responses_adapter
+from worker.providers.runware import runware_adapter
 from worker.providers.segmind import SegmindAdapter
 from worker.queue import QueueWorker, json_deserializer, json_serializer
 from worker.retry import RetryPolicy
@@ -44,10 +44,10 @@ log = structlog.get_logger("taskwire.worker")
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
     timeout = settings.upstream_connect_timeout_s
     return {
-        "openai-chat": OpenAIChatAdapter(timeout),
-        "openai-responses": OpenAIResponsesAdapter(timeout),
+        "openai-chat": chat_adapter(timeout),
+        "openai-responses": responses_adapter(timeout),
         "segmind": SegmindAdapter(timeout),
-        "runware": RunwareAdapter(timeout),
+        "runware": runware_adapter(timeout),
     }
 
 

@@ -33,9 +33,9 @@ from worker.providers.base import (
     UpstreamCall,
     UsageReport,
 )
-from worker.providers.openai_chat import OpenAIChatAdapter
-from worker.providers.openai_responses import OpenAIResponsesAdapter
-from worker.providers.runware import RunwareAdapter
+from worker.providers.openai_chat import chat_adapter
+from worker.providers.openai_responses import responses_adapter
+from worker.providers.runware import runware_adapter
 from worker.providers.segmind import SegmindAdapter
 from worker.result import ResultAssembler
 
@@ -46,10 +46,10 @@ PNG = (
 )
 
 ADAPTERS = {
-    "openai-chat": OpenAIChatAdapter(),
-    "openai-responses": OpenAIResponsesAdapter(),
+    "openai-chat": chat_adapter(),
+    "openai-responses": responses_adapter(),
     "segmind": SegmindAdapter(),
-    "runware": RunwareAdapter(),
+    "runware": runware_adapter(),
 }
 
 

@@ -28,7 +28,7 @@ from worker.providers.base import (
     UpstreamCall,
     UsageReport,
 )
-from worker.providers.openai_chat import OpenAIChatAdapter, build_body
+from worker.providers.openai_chat import build_body, chat_adapter
 
 ROUTE = Route(
     name="r",
@@ -78,7 +78,7 @@ async def collect(handler: Callable[[httpx.Request], httpx.Response], task=None,
         call = UpstreamCall(
             route=route, api_key="upstream-secret", task=task or make_task(), seed=7
         )
-        events = [event async for event in OpenAIChatAdapter().stream(client, call)]
+        events = [event async for event in chat_adapter().stream(client, call)]
     return events, seen
 
 

@@ -80,7 +80,8 @@ UpstreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Finished | UsageRep
 class Adapter(Protocol):
     """An upstream API. `stream` yields events for one call; failures are UpstreamError."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def stream(
         self, client: httpx.AsyncClient, call: UpstreamCall
@@ -175,44 +176,53 @@ def parse_model(model: type[_M], data: str | bytes, what: str) -> _M:
         raise UpstreamStreamBroken(f"The model provider sent an unreadable {what}.") from exc
 
 
-async def stream_events(
-    client: httpx.AsyncClient,
-    call: UpstreamCall,
-    url: str,
-    body: Any,
-    headers: dict[str, str],
-    *,
-    on_event: Callable[[str], list[UpstreamEvent]],
-    on_whole: Callable[[bytes], list[UpstreamEvent]],
-    connect_timeout_s: float,
-) -> AsyncIterator[UpstreamEvent]:
-    """POST `body` and yield what the upstream's server-sent events mean (`on_event` reads
-    one event's data; `on_whole` a whole answer, for an upstream that did not stream). The
-    stream must reach a Finished event; `[DONE]` ends it. Upstream error bodies are never
-    read: the status decides the error."""
-    try:
-        async with client.stream(
-            "POST",
-            url,
-            json=body,
-            headers={"Accept": "text/event-stream", **headers},
-            timeout=request_timeout(call.route, connect_timeout_s),
-        ) as response:
-            if response.status_code >= 400:
-                await response.aclose()
-                raise error_for_status(response)
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                for event in on_whole(await response.aread()):
-                    yield event
-                return
-            finished = False
-            async for sse in aiter_sse(response):
-                if sse.data == "[DONE]":
-                    break
-                for event in on_event(sse.data):
-                    finished = finished or isinstance(event, Finished)
-                    yield event
-            if not finished:
-                raise UpstreamStreamBroken("The model provider's stream ended early.")
-    except httpx.HTTPError as exc:
-        raise error_for_transport(exc, streaming=True) from exc
+@dataclass(frozen=True, slots=True)
+class SSEAdapter:
+    """An upstream API that answers a bearer-authenticated POST with server-sent events:
+    where to POST (`path`, after the route's base URL), what (`build`), and what one event's
+    data (`on_event`) or a whole answer from an upstream that did not stream (`on_whole`)
+    means. The stream must reach a Finished event; `[DONE]` ends it. Upstream error bodies
+    are never read: the status decides the error."""
+
+    name: str
+    path: str
+    build: Callable[[UpstreamCall], Any]
+    on_event: Callable[[str], list[UpstreamEvent]]
+    on_whole: Callable[[bytes], list[UpstreamEvent]]
+    connect_timeout_s: float = 5.0
+
+    async def stream(
+        self, client: httpx.AsyncClient, call: UpstreamCall
+    ) -> AsyncIterator[UpstreamEvent]:
+        headers = {
+            "Authorization": f"Bearer {call.api_key}",
+            "Accept": "text/event-stream",
+            **call.route.headers,
+        }
+        try:
+            async with client.stream(
+                "POST",
+                call.route.base_url + self.path,
+                json=self.build(call),
+                headers=headers,
+                timeout=request_timeout(call.route, self.connect_timeout_s),
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aclose()
+                    raise error_for_status(response)
+                content_type = response.headers.get("content-type", "")
+                if not content_type.startswith("text/event-stream"):
+                    for event in self.on_whole(await response.aread()):
+                        yield event
+                    return
+                finished = False
+                async for sse in aiter_sse(response):
+                    if sse.data == "[DONE]":
+                        break
+                    for event in self.on_event(sse.data):
+                        finished = finished or isinstance(event, Finished)
+                        yield event
+                if not finished:
+                    raise UpstreamStreamBroken("The model provider's stream ended early.")
+        except httpx.HTTPError as exc:
+            raise error_for_transport(exc, streaming=True) from exc

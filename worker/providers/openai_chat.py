@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
 from core.errors import UpstreamStreamBroken
@@ -14,6 +12,7 @@ from core.protocol import Message, TextInferenceTask
 from worker.providers.base import (
     Finished,
     ReasoningDelta,
+    SSEAdapter,
     TextDelta,
     ToolCallDelta,
     UpstreamCall,
@@ -21,7 +20,6 @@ from worker.providers.base import (
     UsageReport,
     last_user_index,
     parse_model,
-    stream_events,
     system_text,
 )
 
@@ -243,20 +241,12 @@ def events_of_data(data: str) -> list[UpstreamEvent]:
     return events_of_chunk(chunk)
 
 
-class OpenAIChatAdapter:
-    name = "openai-chat"
-
-    def __init__(self, connect_timeout_s: float = 5.0):
-        self._connect_timeout_s = connect_timeout_s
-
-    def stream(self, client: httpx.AsyncClient, call: UpstreamCall) -> AsyncIterator[UpstreamEvent]:
-        return stream_events(
-            client,
-            call,
-            f"{call.route.base_url}/chat/completions",
-            build_body(call),
-            {"Authorization": f"Bearer {call.api_key}", **call.route.headers},
-            on_event=events_of_data,
-            on_whole=parse_completion,
-            connect_timeout_s=self._connect_timeout_s,
-        )
+def chat_adapter(connect_timeout_s: float = 5.0) -> SSEAdapter:
+    return SSEAdapter(
+        "openai-chat",
+        "/chat/completions",
+        build_body,
+        events_of_data,
+        parse_completion,
+        connect_timeout_s,
+    )

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
 from core.errors import UpstreamRateLimited, UpstreamServerError
@@ -14,6 +12,7 @@ from core.protocol import Message, TextInferenceTask
 from worker.providers.base import (
     Finished,
     ReasoningDelta,
+    SSEAdapter,
     TextDelta,
     ToolCallDelta,
     UpstreamCall,
@@ -21,7 +20,6 @@ from worker.providers.base import (
     UsageReport,
     last_user_index,
     parse_model,
-    stream_events,
     system_text,
 )
 
@@ -230,20 +228,12 @@ def events_of_data(data: str) -> list[UpstreamEvent]:
     return events_of(parse_model(_Event, data, "stream event"))
 
 
-class OpenAIResponsesAdapter:
-    name = "openai-responses"
-
-    def __init__(self, connect_timeout_s: float = 5.0):
-        self._connect_timeout_s = connect_timeout_s
-
-    def stream(self, client: httpx.AsyncClient, call: UpstreamCall) -> AsyncIterator[UpstreamEvent]:
-        return stream_events(
-            client,
-            call,
-            f"{call.route.base_url}/responses",
-            build_body(call),
-            {"Authorization": f"Bearer {call.api_key}", **call.route.headers},
-            on_event=events_of_data,
-            on_whole=events_of_response,
-            connect_timeout_s=self._connect_timeout_s,
-        )
+def responses_adapter(connect_timeout_s: float = 5.0) -> SSEAdapter:
+    return SSEAdapter(
+        "openai-responses",
+        "/responses",
+        build_body,
+        events_of_data,
+        events_of_response,
+        connect_timeout_s,
+    )

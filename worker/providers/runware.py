@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
 from core.errors import (
@@ -19,13 +17,13 @@ from core.errors import (
 from worker.providers.base import (
     Finished,
     ReasoningDelta,
+    SSEAdapter,
     TextDelta,
     ToolCallDelta,
     UpstreamCall,
     UpstreamEvent,
     UsageReport,
     parse_model,
-    stream_events,
 )
 
 
@@ -151,20 +149,13 @@ def events_of_answer(raw: bytes) -> list[UpstreamEvent]:
     )
 
 
-class RunwareAdapter:
-    name = "runware"
-
-    def __init__(self, connect_timeout_s: float = 5.0):
-        self._connect_timeout_s = connect_timeout_s
-
-    def stream(self, client: httpx.AsyncClient, call: UpstreamCall) -> AsyncIterator[UpstreamEvent]:
-        return stream_events(
-            client,
-            call,
-            call.route.base_url,
-            [build_task(call)],
-            {"Authorization": f"Bearer {call.api_key}", **call.route.headers},
-            on_event=events_of_data,
-            on_whole=events_of_answer,
-            connect_timeout_s=self._connect_timeout_s,
-        )
+def runware_adapter(connect_timeout_s: float = 5.0) -> SSEAdapter:
+    """The route's base URL is the task endpoint itself (as https://api.runware.ai/v1)."""
+    return SSEAdapter(
+        "runware",
+        "",
+        lambda call: [build_task(call)],
+        events_of_data,
+        events_of_answer,
+        connect_timeout_s,
+    )
