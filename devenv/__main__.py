@@ -1,5 +1,6 @@
 """`make run`: start Redis (unless TASKWIRE_REDIS_URL is set), the simulator, a worker and the
-API, print the dev API key and ready-to-paste curl lines, and stop everything on Ctrl-C."""
+API, print the dev API key and ready-to-paste curl lines, restart any of them that exits (so a
+developer can kill a worker and watch its jobs recover), and stop everything on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import signal
 import sys
 import time
 import uuid
+from collections import deque
+from pathlib import Path
 from types import FrameType
 
 import httpx
@@ -18,7 +21,10 @@ from core.settings import PROJECT_ROOT
 from devenv.procs import free_port
 from devenv.stack import Stack, StackConfig
 
-RUN_DIR = PROJECT_ROOT / ".run"
+RUN_DIR = Path(os.environ.get("DEVENV_RUN_DIR") or PROJECT_ROOT / ".run")
+# A process that keeps crashing is not restarted for ever: past this many restarts within
+# the window, `make run` stops and points at the log.
+MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0
 
 
 def dev_api_key() -> str:
@@ -151,12 +157,47 @@ def main() -> None:
     ).json()["secret"]
     allowed = extra["TASKWIRE_OUTBOUND_ALLOW_CIDRS"] or "public addresses only"
     print(banner(stack, key, redis_note, webhook_secret, allowed), flush=True)
+    restarts: deque[float] = deque()
     while True:
-        time.sleep(1)
-        for proc in [stack.api, stack.sim, *stack.workers]:
-            if proc is not None and not proc.running():
-                print(f"taskwire: {proc.name} exited; see {proc.log_path}", flush=True)
-                stop(signal.SIGTERM, None)
+        time.sleep(0.5)
+        try:
+            restarted = supervise(stack)
+        except Exception as exc:
+            print(f"taskwire: could not restart a process: {exc}", flush=True)
+            stop(signal.SIGTERM, None)
+            return
+        now = time.monotonic()
+        restarts.extend(now for _ in restarted)
+        while restarts and now - restarts[0] > RESTART_WINDOW_S:
+            restarts.popleft()
+        if len(restarts) > MAX_RESTARTS:
+            print(
+                f"taskwire: processes keep exiting ({len(restarts)} restarts in "
+                f"{RESTART_WINDOW_S:g} s); stopping. Logs: {stack.log_dir}",
+                flush=True,
+            )
+            stop(signal.SIGTERM, None)
+
+
+def supervise(stack: Stack) -> list[str]:
+    """Restart whatever exited, saying so (with the log to read)."""
+    exited = [
+        proc
+        for proc in [stack.sim, *stack.workers, stack.api]
+        if proc is not None and not proc.running()
+    ]
+    if stack.redis_server is not None and not stack.redis_server.running():
+        print("taskwire: redis exited; restarting it", flush=True)
+    for proc in exited:
+        code = proc.popen.returncode if proc.popen is not None else None
+        print(
+            f"taskwire: {proc.name} exited (code {code}); restarting it. Log: {proc.log_path}",
+            flush=True,
+        )
+    restarted = stack.restart_crashed()
+    for name in restarted:
+        print(f"taskwire: {name} restarted", flush=True)
+    return restarted
 
 
 if __name__ == "__main__":

@@ -114,6 +114,9 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
 
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

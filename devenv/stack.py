@@ -90,8 +90,8 @@ class Stack:
                 "sim",
                 "--port",
                 str(self.sim_port),
-                "--api-key",
-                self.config.sim_api_key,
+                # one argument, so a key that starts with "-" is not read as an option
+                f"--api-key={self.config.sim_api_key}",
                 *self.config.sim_args,
             ),
             self.env(),
@@ -100,13 +100,15 @@ class Stack:
         wait_until(http_ok(f"{self.sim_url}/health"), 20, "the simulator", self.sim.check_alive)
         return self.sim
 
-    def start_worker(self, extra_env: dict[str, str] | None = None) -> Process:
-        self._worker_seq += 1
+    def start_worker(
+        self, extra_env: dict[str, str] | None = None, name: str | None = None
+    ) -> Process:
+        if name is None:
+            self._worker_seq += 1
+            name = f"worker{self._worker_seq}"
         env = self.env()
         env.update(extra_env or {})
-        worker = Process(
-            f"worker{self._worker_seq}", python_argv("-m", "worker"), env, self.log_dir
-        ).start()
+        worker = Process(name, python_argv("-m", "worker"), env, self.log_dir).start()
         self.workers.append(worker)
         key = f"tw:workers:{socket.gethostname()}:{worker.pid}"
         client = self.redis_client()
@@ -127,6 +129,27 @@ class Stack:
         self.api = Process("api", python_argv("-m", "service"), env, self.log_dir).start()
         wait_until(http_ok(f"{self.api_url}/health"), 30, "the API", self.api.check_alive)
         return self.api
+
+    def restart_crashed(self) -> list[str]:
+        """Start again any process that has exited (Redis first: the others need it).
+        Returns the names of those restarted, for the caller to report."""
+        restarted = []
+        if self.redis_server is not None and not self.redis_server.running():
+            self.redis_server.start()
+            restarted.append("redis")
+        if self.sim is not None and not self.sim.running():
+            self.start_sim()
+            restarted.append("sim")
+        for index, worker in enumerate(list(self.workers)):
+            if not worker.running():
+                self.workers.remove(worker)
+                replacement = self.start_worker(name=worker.name)
+                self.workers.insert(index, replacement)
+                restarted.append(worker.name)
+        if self.api is not None and not self.api.running():
+            self.start_api()
+            restarted.append("api")
+        return restarted
 
     def stop(self) -> None:
         for proc in [self.api, *self.workers, self.sim]:
