@@ -41,6 +41,8 @@ class InferenceOutcome:
     usage: UsageReport | None = None
     usage_estimated: bool = False
     routes_tried: list[str] = field(default_factory=list)
+    # The route that answered, for its health to be reset once the result is recorded.
+    answered_by: tuple[ModelSpec, Route] | None = None
 
 
 class _Stop(Exception):
@@ -195,7 +197,6 @@ class Inference:
                     return None, exc, attempts
                 await asyncio.sleep(delay)
                 continue
-            await self._health.succeeded(model, call.route)
             usage, estimated = assembler.final_usage(call.task)
             outcome = InferenceOutcome(
                 item=assembler.item(call.task, index, call.seed, model.price),
@@ -203,8 +204,15 @@ class Inference:
                 attempts=attempts,
                 usage=usage,
                 usage_estimated=estimated,
+                answered_by=(model, call.route),
             )
             return outcome, None, attempts
+
+    async def recorded(self, outcome: InferenceOutcome) -> None:
+        """Bookkeeping once the result is stored: the route that answered is healthy
+        (best-effort, so it can never cost the answer itself)."""
+        if outcome.answered_by is not None:
+            await self._health.succeeded(*outcome.answered_by)
 
     @staticmethod
     def _failed(

@@ -74,6 +74,7 @@ async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int
             delivery = deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
             finish = await _finish(publisher, outcome.item, delivery)
             ctx["settled"].add(job_id)
+            await deps.inference.recorded(outcome)
         except BaseException:
             publisher.close()
             raise

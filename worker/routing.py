@@ -5,16 +5,22 @@ every worker, in Redis) rests for `cooldown_s`: no worker sends it traffic until
 when it is a model's only route (results then fail fast instead of piling onto a broken
 provider). A success resets the count. Reads are cached for half a second so a busy worker
 does not pay a round trip per result for them.
+
+Health is bookkeeping, never a reason to lose an answer: every read and write is
+best-effort with a short deadline. When Redis cannot be reached a read falls back to the
+last state known here (or to no cool-downs at all), and a lost write is logged and dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Sequence
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from core.catalog import ModelSpec, Route
 from core.errors import UpstreamError
@@ -22,10 +28,12 @@ from core.keys import Keys
 
 log = structlog.get_logger("taskwire.routing")
 
-# KEYS[1] route health. ARGV: now s, threshold, cool-down s. Counts a failure; at the
-# threshold starts a cool-down (and resets the count). Returns the cool-down's end, or 0.
+# What a health read or write may fail with: storage trouble, or its deadline.
+_STORAGE_ERRORS = (RedisError, OSError, TimeoutError)
+
 # KEYS[1] a model's route health (one hash: "<route>:fails", "<route>:until").
-# ARGV: route, now s, threshold, cool-down s.
+# ARGV: route, now s, threshold, cool-down s. Counts a failure; at the threshold starts a
+# cool-down (and resets the count). Returns the cool-down's end, or 0.
 _FAILED = """
 local fails = redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':fails', 1)
 redis.call('EXPIRE', KEYS[1], 86400)
@@ -45,23 +53,39 @@ def counts_against_route(exc: UpstreamError) -> bool:
 
 class RouteHealth:
     def __init__(
-        self, redis: Redis, keys: Keys, *, threshold: int, cooldown_s: float, cache_s: float = 0.5
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        threshold: int,
+        cooldown_s: float,
+        cache_s: float = 0.5,
+        deadline_s: float = 1.0,
     ):
         self._redis = redis
         self._keys = keys
         self._threshold = threshold
         self._cooldown_s = cooldown_s
         self._cache_s = cache_s
+        self._deadline_s = deadline_s
         self._cache: dict[str, tuple[float, dict[str, tuple[int, float]]]] = {}
         self._failed = redis.register_script(_FAILED)
 
     async def states(self, model: ModelSpec) -> dict[str, tuple[int, float]]:
-        """route name -> (consecutive failures, cool-down end epoch s)."""
+        """route name -> (consecutive failures, cool-down end epoch s). If Redis cannot be
+        read: the last state known here, else no failures and no cool-downs."""
         cached = self._cache.get(model.air)
         now = time.monotonic()
         if cached is not None and now - cached[0] < self._cache_s:
             return cached[1]
-        raw = await self._redis.hgetall(self._keys.route_health(model.air))  # type: ignore[misc]
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                raw = await self._redis.hgetall(self._keys.route_health(model.air))  # type: ignore[misc]
+        except _STORAGE_ERRORS as exc:
+            log.warning("route.health_unreadable", model=model.air, error=type(exc).__name__)
+            known = cached[1] if cached is not None else {}
+            self._cache[model.air] = (now, known)  # do not ask a failing Redis per result
+            return known
         fields = {key.decode(): value for key, value in raw.items()}
         states = {
             route.name: (
@@ -81,13 +105,24 @@ class RouteHealth:
         }
 
     async def failed(self, model: ModelSpec, route: Route) -> float | None:
-        """Count a failure; the cool-down's end if this one started it."""
-        until = float(
-            await self._failed(
-                keys=[self._keys.route_health(model.air)],
-                args=[route.name, time.time(), self._threshold, self._cooldown_s],
+        """Count a failure; the cool-down's end if this one started it (best-effort)."""
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                until = float(
+                    await self._failed(
+                        keys=[self._keys.route_health(model.air)],
+                        args=[route.name, time.time(), self._threshold, self._cooldown_s],
+                    )
+                )
+        except _STORAGE_ERRORS as exc:
+            log.warning(
+                "route.health_not_recorded",
+                model=model.air,
+                route=route.name,
+                outcome="failure",
+                error=type(exc).__name__,
             )
-        )
+            return None
         self._cache.pop(model.air, None)
         if until:
             log.warning(
@@ -101,11 +136,24 @@ class RouteHealth:
         return None
 
     async def succeeded(self, model: ModelSpec, route: Route) -> None:
+        """Reset the route's failure count (best-effort)."""
         states = await self.states(model)
-        if states.get(route.name, (0, 0.0))[0] > 0:
-            key = self._keys.route_health(model.air)
-            await self._redis.hset(key, f"{route.name}:fails", "0")  # type: ignore[misc]
-            self._cache.pop(model.air, None)
+        if states.get(route.name, (0, 0.0))[0] == 0:
+            return
+        key = self._keys.route_health(model.air)
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                await self._redis.hset(key, f"{route.name}:fails", "0")  # type: ignore[misc]
+        except _STORAGE_ERRORS as exc:
+            log.warning(
+                "route.health_not_recorded",
+                model=model.air,
+                route=route.name,
+                outcome="success",
+                error=type(exc).__name__,
+            )
+            return
+        self._cache.pop(model.air, None)
 
 
 def order_routes(

@@ -10,13 +10,24 @@ import redis
 
 from devenv.procs import wait_until
 from sim.app import UPSTREAM_SECRET_MARKER
-from tests.conftest import Api, StackFactory, text_task, wait_for_log, without_stream_url
+from tests.conftest import (
+    Api,
+    StackFactory,
+    log_lines,
+    text_task,
+    wait_for_log,
+    without_stream_url,
+)
 
 
 def sim_calls(stack, marker: str) -> int:
     return int(
         httpx.get(f"{stack.sim_url}/_sim/calls", params={"contains": marker}).json()["count"]
     )
+
+
+def sim_stats(stack) -> dict:
+    return dict(httpx.get(f"{stack.sim_url}/_sim/stats").json())
 
 
 def attempts_logged(stack, task_uuid: str) -> list[dict]:
@@ -263,4 +274,31 @@ def test_task_in_flight_during_a_redis_restart_completes(make_stack: StackFactor
     client = redis.Redis.from_url(stack.redis_url)
     assert client.zcard("tw:queue") == 0  # nothing left behind
     client.close()
+    api.close()
+
+
+def test_answers_finished_during_a_redis_outage_are_kept(make_stack: StackFactory) -> None:
+    """Answers that finish while Redis is down are recorded when it is back: route-health
+    bookkeeping never costs a finished answer (no second upstream call, no try spent)."""
+    stack = make_stack(upstream_timeout_s=30)
+    api = Api(stack)
+    marker = uuid.uuid4().hex
+    tasks = [
+        text_task(f"{marker} [[sim:tokens=24,tps=6]]", deliveryMethod="async", numberResults=4)
+        for _ in range(5)
+    ]
+    assert api.post(tasks).status_code == 200
+    wait_until(lambda: sim_calls(stack, marker) == 20, 20, "every upstream call to start")
+    assert stack.redis_server is not None
+    stack.redis_server.stop()
+    # Redis stays down until every upstream answer has finished (about four seconds).
+    wait_until(lambda: sim_stats(stack)["in_flight"] == 0, 30, "the answers to finish")
+    stack.redis_server.start()
+    for task in tasks:
+        items = api.wait_final(task["taskUUID"], timeout=40)
+        assert [item["status"] for item in items] == ["success"] * 4, items
+        assert all(len(item["text"].split()) == 24 for item in items)
+    assert sim_calls(stack, marker) == 20  # each answer was paid for once
+    finished = log_lines(stack.workers[0].log_path, "result.finished")
+    assert sorted(line["job_try"] for line in finished) == [1] * 20
     api.close()
