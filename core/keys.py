@@ -32,6 +32,12 @@ class Keys:
         # A task key is TASK_HEAD + "<owner>:<uuid>" + "}"; Lua scripts that start from a job
         # id build it from these two parts.
         self.task_head = f"{prefix}:task:{{"
+        # The scheduler's keys (core/scheduler.py) all start with this; its Lua scripts
+        # build the rest: ready:<class>:<owner>, tenants:<class>, delayed, leases, running,
+        # blocked:<kind>, depth, queued, vt, sched.
+        self.queue_prefix = f"{prefix}:q:"
+        # Per-tenant settings the scheduler and limits read (weight, max_r, max_h, ...).
+        self.tenant_prefix = f"{prefix}:tenant:"
 
     def task(self, ref: TaskRef) -> str:
         return f"{self.task_head}{ref.owner}:{ref.uuid}}}"

@@ -15,7 +15,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from core.jobs import JOB_INPUT_FIELDS, JobInput, job_input_from
 from core.keys import RUN_RESULT_JOB, Keys, TaskRef
+
+__all__ = ["JOB_INPUT_FIELDS", "JobInput", "TaskStore", "job_input_from"]
 
 
 @dataclass(slots=True)
@@ -45,33 +48,6 @@ class TaskRecord:
     created_ms: float
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     deliveries: dict[int, dict[str, Any]] = field(default_factory=dict)  # webhook state
-
-
-@dataclass(slots=True)
-class JobInput:
-    """What a result job needs: the stored request and whether its result is already final."""
-
-    request: dict[str, Any]
-    seed: int
-    created_ms: float
-    existing_result: dict[str, Any] | None
-
-
-# What a job reads of its task record (then its own result slot, "r:<index>").
-JOB_INPUT_FIELDS = ("req", "seeds", "created")
-
-
-def job_input_from(fields: Sequence[bytes | None], index: int) -> JobInput | None:
-    """A JobInput from HMGET of JOB_INPUT_FIELDS + the result slot (None: task gone)."""
-    req, seeds, created, existing = fields
-    if req is None or seeds is None or created is None:
-        return None
-    return JobInput(
-        request=json.loads(req),
-        seed=int(json.loads(seeds)[index]),
-        created_ms=float(created),
-        existing_result=json.loads(existing) if existing is not None else None,
-    )
 
 
 @dataclass(frozen=True, slots=True)

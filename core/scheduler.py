@@ -1,0 +1,431 @@
+"""The queue as every worker shares it: job classes, fair turns between API keys, leases.
+
+One FIFO line for everybody let one key's flood put every other key's work behind it. Here
+the queue knows about tenants (API key owners) and classes, all in Redis and driven by Lua,
+so every worker and API process sees the same shares and limits:
+
+* **Classes.** `i` interactive results (sync, stream: somebody is waiting), `b` batch results
+  (async) and `h` webhook deliveries. A claim takes due interactive work first, but the batch
+  side (`b` and `h`, alternating) is owed `batch_share` of a turn for every interactive turn,
+  so neither side starves the other.
+* **Fair turns within a class.** Each (class, tenant) has its own ready line; an index per
+  class lists only tenants *with ready work* (idle tenants cost nothing), scored by a virtual
+  time: a claim serves the tenant with the lowest, then moves it on by 1/weight. A tenant
+  that arrives (or comes back) joins at the class's current virtual time, so a key with one
+  task and a key with 100,000 are served alternately, not in arrival order.
+* **Running limits.** A tenant at its limit of running results (or deliveries) leaves the
+  index and is parked in `blocked:<kind>`; the script that settles one of its jobs brings it
+  back. A lapsed lease gives its slot back too, so a crashed worker never throttles a key.
+* **Delayed work** (webhook back-off, hand-backs scheduled later) waits in one `delayed` set
+  and is moved to its line only when due: it is never counted as backlog.
+* **Leases.** A claimed job holds arq's in-progress key as a lease (renewed while it runs)
+  and sits in `leases`, scored by the lease's end; a lease that lapses puts the job back at
+  the front of its tenant's line.
+
+Members of `delayed` and `leases` are "<class>|<job id>"; a job id starts with its owner.
+Scripts elsewhere (submit, finish, delivery records, cancel) compose `LUA_LIB` and pass the
+queue prefix as ARGV[1].
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from core.jobs import JOB_INPUT_FIELDS, JobInput, job_input_from
+from core.keys import ARQ_IN_PROGRESS_PREFIX, Keys
+
+JobClass = Literal["i", "b", "h"]
+INTERACTIVE: JobClass = "i"
+BATCH: JobClass = "b"
+HOOK: JobClass = "h"
+
+# Functions every queue-touching script shares. ARGV[1] is the queue prefix.
+LUA_LIB = """
+local QP = ARGV[1]
+local function owner_of(job) return string.match(job, '^([^:]+):') end
+local function kind_of(c) if c == 'h' then return 'h' end return 'r' end
+local function split_member(m) return string.match(m, '^(%a)|(.*)$') end
+local function vt_of(c) return redis.call('HGET', QP .. 'vt', c) or '0' end
+
+-- a tenant with ready work in class c joins the class's index (unless it is at its limit)
+local function activate(c, o)
+  if redis.call('SISMEMBER', QP .. 'blocked:' .. kind_of(c), o) == 0 then
+    redis.call('ZADD', QP .. 'tenants:' .. c, 'NX', vt_of(c), o)
+  end
+end
+
+-- put a job on its tenant's ready line (score orders the line)
+local function make_ready(c, job, score)
+  local o = owner_of(job)
+  if redis.call('ZADD', QP .. 'ready:' .. c .. ':' .. o, score, job) == 1 then
+    redis.call('HINCRBY', QP .. 'depth', c, 1)
+    if c ~= 'h' then redis.call('HINCRBY', QP .. 'queued', o, 1) end
+  end
+  activate(c, o)
+end
+
+-- enqueue a job due at `due` (ms): ready now, or delayed until then
+local function enqueue(c, job, due, now)
+  if tonumber(due) <= tonumber(now) then
+    make_ready(c, job, due)
+  else
+    redis.call('ZADD', QP .. 'delayed', due, c .. '|' .. job)
+  end
+end
+
+-- a running job's slot is free again; a tenant parked at its limit comes back
+local function release(c, job)
+  local o = owner_of(job)
+  local kind = kind_of(c)
+  local field = kind .. ':' .. o
+  if redis.call('HINCRBY', QP .. 'running', field, -1) <= 0 then
+    redis.call('HDEL', QP .. 'running', field)
+  end
+  if redis.call('SREM', QP .. 'blocked:' .. kind, o) == 1 then
+    local classes = {'h'}
+    if kind == 'r' then classes = {'i', 'b'} end
+    for _, k in ipairs(classes) do
+      if redis.call('EXISTS', QP .. 'ready:' .. k .. ':' .. o) == 1 then activate(k, o) end
+    end
+  end
+end
+
+-- the job's run is over (done, or gone): drop its lease and give its slot back
+local function settle(c, job, inprog)
+  if redis.call('ZREM', QP .. 'leases', c .. '|' .. job) == 1 then release(c, job) end
+  redis.call('DEL', inprog .. job)
+end
+
+-- the job runs again at `due` (a later attempt): out of the leases, back in the queue
+local function reschedule(c, job, due, now, inprog)
+  settle(c, job, inprog)
+  enqueue(c, job, due, now)
+end
+
+-- take a job out of the queue before it ran; true if it was waiting there
+local function unqueue(c, job)
+  local o = owner_of(job)
+  local removed = redis.call('ZREM', QP .. 'ready:' .. c .. ':' .. o, job)
+  if removed == 1 then
+    redis.call('HINCRBY', QP .. 'depth', c, -1)
+    if c ~= 'h' then redis.call('HINCRBY', QP .. 'queued', o, -1) end
+  end
+  removed = removed + redis.call('ZREM', QP .. 'delayed', c .. '|' .. job)
+  return removed > 0
+end
+"""
+
+# ARGV: queue prefix, tenant prefix, now ms, lease ms, limit, batch share, default weight,
+# default running results, default running deliveries, in-progress prefix, task-key head,
+# then the task-record fields to prefetch. Returns the next due time (ms, or -1), then per
+# claimed job: its member ("<class>|<id>") and the HMGET of its task record (results only).
+_CLAIM = (
+    LUA_LIB
+    + """
+local TP = ARGV[2]
+local now = tonumber(ARGV[3])
+local lease = tonumber(ARGV[4])
+local limit = tonumber(ARGV[5])
+local share = tonumber(ARGV[6])
+local defaults = {weight = tonumber(ARGV[7]), r = tonumber(ARGV[8]), h = tonumber(ARGV[9])}
+local inprog = ARGV[10]
+local task_head = ARGV[11]
+local fields = {}
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+
+-- delayed work that fell due joins its line
+local due = redis.call('ZRANGEBYSCORE', QP .. 'delayed', '-inf', now,
+                      'WITHSCORES', 'LIMIT', 0, 1000)
+for i = 1, #due, 2 do
+  redis.call('ZREM', QP .. 'delayed', due[i])
+  local c, job = split_member(due[i])
+  make_ready(c, job, due[i + 1])
+end
+
+-- lapsed leases (a worker died): the job goes back to the front of its line
+local lapsed = redis.call('ZRANGEBYSCORE', QP .. 'leases', '-inf', now, 'LIMIT', 0, 1000)
+for _, m in ipairs(lapsed) do
+  local c, job = split_member(m)
+  local ttl = redis.call('PTTL', inprog .. job)
+  if ttl > 0 then
+    redis.call('ZADD', QP .. 'leases', now + ttl, m)
+  else
+    settle(c, job, inprog)
+    make_ready(c, job, 0)
+  end
+end
+
+local function tenant_value(o, field, default)
+  local value = redis.call('HGET', TP .. o, field)
+  if value then return tonumber(value) end
+  return default
+end
+
+local sched = redis.call('HMGET', QP .. 'sched', 'credit', 'side')
+local credit = tonumber(sched[1] or '0')
+local side = sched[2] or 'h'
+
+local function choose_class()
+  local has_i = redis.call('EXISTS', QP .. 'tenants:i') == 1
+  local has_b = redis.call('EXISTS', QP .. 'tenants:b') == 1
+  local has_h = redis.call('EXISTS', QP .. 'tenants:h') == 1
+  local batch = has_b or has_h
+  if has_i and (not batch or credit < 1) then
+    if batch then credit = math.min(credit + share, 1 + share) end
+    return 'i'
+  end
+  if not batch then return nil end
+  credit = math.max(credit - 1, 0)
+  if has_b and has_h then
+    if side == 'b' then side = 'h' else side = 'b' end
+    return side
+  end
+  if has_b then return 'b' end
+  return 'h'
+end
+
+local claimed = {-1}
+local taken = 0
+local tries = 0
+while taken < limit and tries < limit * 4 + 64 do
+  tries = tries + 1
+  local c = choose_class()
+  if not c then break end
+  local index = QP .. 'tenants:' .. c
+  local top = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+  local o, pass = top[1], tonumber(top[2])
+  local line = QP .. 'ready:' .. c .. ':' .. o
+  local head = redis.call('ZRANGE', line, 0, 0)
+  local kind = kind_of(c)
+  local running = tonumber(redis.call('HGET', QP .. 'running', kind .. ':' .. o) or '0')
+  if #head == 0 then
+    redis.call('ZREM', index, o)
+  elseif running >= tenant_value(o, 'max_' .. kind, defaults[kind]) then
+    -- at its limit: parked until one of its jobs settles
+    redis.call('ZREM', index, o)
+    redis.call('SADD', QP .. 'blocked:' .. kind, o)
+  else
+    local job = head[1]
+    redis.call('ZREM', line, job)
+    redis.call('HINCRBY', QP .. 'depth', c, -1)
+    if c ~= 'h' then redis.call('HINCRBY', QP .. 'queued', o, -1) end
+    redis.call('HSET', QP .. 'vt', c, pass)
+    if redis.call('EXISTS', line) == 1 then
+      redis.call('ZADD', index, pass + 1 / tenant_value(o, 'weight', defaults.weight), o)
+    else
+      redis.call('ZREM', index, o)
+    end
+    if redis.call('SET', inprog .. job, '1', 'NX', 'PX', lease) then
+      local member = c .. '|' .. job
+      redis.call('ZADD', QP .. 'leases', now + lease, member)
+      redis.call('HINCRBY', QP .. 'running', kind .. ':' .. o, 1)
+      taken = taken + 1
+      claimed[#claimed + 1] = member
+      local head_id, result_index = string.match(job, '^(.*):(%d+)$')
+      if head_id then
+        local wanted = {unpack(fields)}
+        wanted[#wanted + 1] = 'r:' .. result_index
+        claimed[#claimed + 1] = redis.call('HMGET', task_head .. head_id .. '}', unpack(wanted))
+      else
+        claimed[#claimed + 1] = {}
+      end
+    end
+  end
+end
+redis.call('HSET', QP .. 'sched', 'credit', tostring(credit), 'side', side)
+
+local next_due = -1
+for _, key in ipairs({'delayed', 'leases'}) do
+  local first = redis.call('ZRANGE', QP .. key, 0, 0, 'WITHSCORES')
+  if #first > 0 and (next_due < 0 or tonumber(first[2]) < next_due) then
+    next_due = tonumber(first[2])
+  end
+end
+claimed[1] = next_due
+return claimed
+"""
+)
+
+# ARGV: queue prefix, now ms, lease ms, in-progress prefix, members... Extends the leases of
+# jobs still running; a job already settled is skipped.
+_RENEW = (
+    LUA_LIB
+    + """
+local now, lease, inprog = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+for i = 5, #ARGV do
+  local _, job = split_member(ARGV[i])
+  if redis.call('PEXPIRE', inprog .. job, lease) == 1 then
+    redis.call('ZADD', QP .. 'leases', 'XX', now + lease, ARGV[i])
+  end
+end
+return 1
+"""
+)
+
+# ARGV: queue prefix, now ms, in-progress prefix, due ms ('' for now), members... A job whose
+# run stopped here without an outcome (shutdown, a crash inside arq) runs again.
+_HAND_BACK = (
+    LUA_LIB
+    + """
+local now, inprog = ARGV[2], ARGV[3]
+local due = ARGV[4]
+if due == '' then due = now end
+for i = 5, #ARGV do
+  local c, job = split_member(ARGV[i])
+  if redis.call('ZSCORE', QP .. 'leases', ARGV[i]) then reschedule(c, job, due, now, inprog) end
+end
+return 1
+"""
+)
+
+# ARGV: queue prefix, in-progress prefix, members... The job is over without a result of
+# its own to record (arq gave up on it, or its record is gone).
+_SETTLE = (
+    LUA_LIB
+    + """
+for i = 3, #ARGV do
+  local c, job = split_member(ARGV[i])
+  settle(c, job, ARGV[2])
+end
+return 1
+"""
+)
+
+
+# ARGV: queue prefix, now ms, wake channel, then (class, job id, due ms) triples. Puts jobs
+# whose arq job keys already exist in the queue (re-sends, tests).
+_ENQUEUE = (
+    LUA_LIB
+    + """
+for i = 4, #ARGV, 3 do enqueue(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[2]) end
+redis.call('PUBLISH', ARGV[3], '1')
+return 1
+"""
+)
+
+
+def member(job_class: str, job_id: str) -> str:
+    return f"{job_class}|{job_id}"
+
+
+def split_member(value: str) -> tuple[str, str]:
+    job_class, _, job_id = value.partition("|")
+    return job_class, job_id
+
+
+@dataclass(frozen=True, slots=True)
+class Fairness:
+    """How the queue shares turns: the batch side's guaranteed share of turns while
+    interactive work waits, and per-tenant defaults (overridden in the tenant's hash)."""
+
+    batch_share: float = 0.1
+    weight: float = 1.0
+    max_running: int = 1000
+    max_deliveries: int = 50
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    job_id: str
+    job_class: str
+    job_input: JobInput | None  # None for deliveries, or when the task record is gone
+
+    @property
+    def member(self) -> str:
+        return member(self.job_class, self.job_id)
+
+
+class Scheduler:
+    """Claims, renewals and hand-backs, for one process, over a shared Redis client."""
+
+    def __init__(self, redis: Redis, keys: Keys, lease_s: float, fairness: Fairness):
+        self.keys = keys
+        self.lease_ms = int(lease_s * 1000)
+        self.fairness = fairness
+        self._claim = redis.register_script(_CLAIM)
+        self._renew = redis.register_script(_RENEW)
+        self._hand_back = redis.register_script(_HAND_BACK)
+        self._settle = redis.register_script(_SETTLE)
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._redis = redis
+
+    async def enqueue(self, jobs: list[tuple[str, str, int | None]]) -> None:
+        """Queue (class, job id, due ms or None for now) whose arq job keys exist."""
+        now = now_ms()
+        args: list[Any] = [self.keys.queue_prefix, now, self.keys.wake]
+        for job_class, job_id, due in jobs:
+            args += [job_class, job_id, now if due is None else due]
+        await self._enqueue(args=args)
+
+    async def depth(self) -> dict[str, int]:
+        """Jobs waiting to run now, by class (delayed and running jobs are not counted)."""
+        raw = await self._redis.hgetall(self.keys.queue_prefix + "depth")  # type: ignore[misc]
+        return {key.decode(): int(value) for key, value in raw.items()}
+
+    async def claim(self, limit: int) -> tuple[list[ClaimedJob], float | None]:
+        """Lease up to `limit` due jobs, in class and fairness order; also the epoch second
+        at which the next delayed job or lease falls due, if any."""
+        fair = self.fairness
+        reply: list[Any] = await self._claim(
+            args=[
+                self.keys.queue_prefix,
+                self.keys.tenant_prefix,
+                now_ms(),
+                self.lease_ms,
+                limit,
+                fair.batch_share,
+                fair.weight,
+                fair.max_running,
+                fair.max_deliveries,
+                ARQ_IN_PROGRESS_PREFIX,
+                self.keys.task_head,
+                *JOB_INPUT_FIELDS,
+            ],
+        )
+        next_due = float(reply[0])
+        jobs = []
+        for i in range(1, len(reply), 2):
+            job_class, job_id = split_member(reply[i].decode())
+            _, _, index = job_id.rpartition(":")
+            fields = reply[i + 1]
+            job_input = job_input_from(fields, int(index)) if fields and index.isdigit() else None
+            jobs.append(ClaimedJob(job_id, job_class, job_input))
+        return jobs, (next_due / 1000 if next_due >= 0 else None)
+
+    async def renew(self, members: list[str]) -> None:
+        if members:
+            await self._renew(
+                args=[
+                    self.keys.queue_prefix,
+                    now_ms(),
+                    self.lease_ms,
+                    ARQ_IN_PROGRESS_PREFIX,
+                    *members,
+                ]
+            )
+
+    async def hand_back(self, members: list[str], due_ms: int | None = None) -> None:
+        """Make jobs whose run ended here without an outcome due again (now, or later)."""
+        if members:
+            await self._hand_back(
+                args=[
+                    self.keys.queue_prefix,
+                    now_ms(),
+                    ARQ_IN_PROGRESS_PREFIX,
+                    "" if due_ms is None else due_ms,
+                    *members,
+                ]
+            )
+
+    async def settle(self, members: list[str]) -> None:
+        """Jobs that are over without a result script of their own (arq gave up on them)."""
+        if members:
+            await self._settle(args=[self.keys.queue_prefix, ARQ_IN_PROGRESS_PREFIX, *members])
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
