@@ -22,7 +22,11 @@ from bench.common import (
     table,
     text_task,
 )
+from core.keys import Keys
+from core.scheduler import outstanding
 from devenv.stack import Stack
+
+KEYS = Keys("tw", "tw:queue")
 
 
 async def logged(
@@ -129,7 +133,7 @@ async def async_throughput(
         await asyncio.gather(*(submit(tasks[i : i + batch]) for i in range(0, total, batch)))
         submitted = time.time()
         # The queue holds a job until it finishes: empty queue, all done.
-        while await redis.zcard("tw:queue") > 0:  # noqa: ASYNC110 (a measuring loop)
+        while await outstanding(redis, KEYS) > 0:  # noqa: ASYNC110 (a measuring loop)
             await asyncio.sleep(0.05)
     await redis.aclose()
     finished = await logged(stack, "task.finished", wanted, total)

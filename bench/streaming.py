@@ -18,9 +18,13 @@ import httpx
 import redis.asyncio as aioredis
 
 from bench.common import API_KEY, SIM_KEY, direct_body, median, percentile, table, text_task
+from core.keys import Keys
+from core.scheduler import outstanding
 from devenv.stack import Stack
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+KEYS = Keys("tw", "tw:queue")
 
 
 async def _direct_stream(
@@ -151,7 +155,7 @@ async def redis_commands(stack: Stack, tokens: int, tps: int) -> dict[str, Any]:
         client.stream("POST", f"{stack.api_url}/v1", json=[task], headers=AUTH) as response,
     ):
         await response.aread()
-    while await probe.zcard("tw:queue") > 0:  # noqa: ASYNC110 (the worker settles its job)
+    while await outstanding(probe, KEYS) > 0:  # noqa: ASYNC110 (the worker settles its job)
         await asyncio.sleep(0.02)
     await probe.echo("bench-monitor-stop")
     await asyncio.wait_for(watcher, 5)

@@ -14,11 +14,14 @@ import redis.asyncio as aioredis
 
 from bench.common import API_KEY, median, percentile, table, text_task
 from core.keys import Keys, TaskRef
+from core.scheduler import outstanding
 from devenv.stack import Stack
 from service.auth import key_digest, owner_id
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 WEBHOOK_ENV = {"TASKWIRE_OUTBOUND_ALLOW_CIDRS": "127.0.0.0/8"}
+
+KEYS = Keys("tw", "tw:queue")
 
 
 @dataclass
@@ -127,7 +130,7 @@ async def throughput(stack: Stack, deliveries: int) -> dict[str, Any]:
             ).raise_for_status()
         await receiver.wait_count(deliveries, 120)  # every first delivery arrived ...
         redis = aioredis.Redis.from_url(stack.redis_url)
-        while await redis.zcard("tw:queue") > 0:  # noqa: ASYNC110 ... and was recorded
+        while await outstanding(redis, KEYS) > 0:  # noqa: ASYNC110 ... and was recorded
             await asyncio.sleep(0.05)
         await redis.aclose()
         for worker in stack.workers:

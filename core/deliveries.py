@@ -10,7 +10,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from core.keys import DELIVER_WEBHOOK_JOB, Keys, TaskRef
+from core.keys import ARQ_IN_PROGRESS_PREFIX, DELIVER_WEBHOOK_JOB, Keys, TaskRef
+from core.scheduler import LUA_LIB
 from core.store import FollowUpJob, arq_job
 
 
@@ -58,44 +59,49 @@ def delivery_field(index: int) -> str:
     return f"w:{index}"
 
 
-# KEYS: task, queue, job, in-progress, retry. ARGV: field, state, task ttl s, next score ms
-# (or ''), job id, job ttl ms, wake channel. Records an attempt; then either puts the job back
-# in the queue for its next attempt (waking workers, so they know when it falls due), or
-# settles it.
-_RECORD = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('DEL', KEYS[4])
-  redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[5])
-  redis.call('PEXPIRE', KEYS[3], ARGV[6])
-  redis.call('PUBLISH', ARGV[7], '1')
+# KEYS: task, job, retry. ARGV: queue prefix, field, state, task ttl s, next score ms (or
+# ''), job id, job ttl ms, wake channel, now ms, in-progress prefix. Records an attempt; then
+# either puts the job back in the queue for its next attempt (waking workers, so they know
+# when it falls due), or settles it.
+_RECORD = (
+    LUA_LIB
+    + """
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[5] ~= '' then
+  reschedule('h', ARGV[6], ARGV[5], ARGV[9], ARGV[10])
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  redis.call('PUBLISH', ARGV[8], '1')
 else
-  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-  redis.call('ZREM', KEYS[2], ARGV[5])
+  redis.call('DEL', KEYS[2], KEYS[3])
+  settle('h', ARGV[6], ARGV[10])
 end
 return 1
 """
+)
 
-# KEYS: task, queue. ARGV: wake channel, now ms, task ttl s, then per result: field, state,
-# job id, job key, job payload, job ttl ms. Re-sends deliveries that are not pending.
-_RESEND = """
+# KEYS: task. ARGV: queue prefix, wake channel, now ms, task ttl s, then per result: field,
+# state, job id, job key, job payload, job ttl ms. Re-sends deliveries that are not pending.
+_RESEND = (
+    LUA_LIB
+    + """
 local resent = {}
-for i = 4, #ARGV, 6 do
+for i = 5, #ARGV, 6 do
   local current = redis.call('HGET', KEYS[1], ARGV[i])
   if current and cjson.decode(current).state ~= 'pending' then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5])
-    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i + 2])
+    enqueue('h', ARGV[i + 2], ARGV[3], ARGV[3])
     resent[#resent + 1] = ARGV[i]
   end
 end
 if #resent > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('PUBLISH', ARGV[1], '1')
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('PUBLISH', ARGV[2], '1')
 end
 return resent
 """
+)
 
 
 @dataclass(slots=True)
@@ -146,14 +152,9 @@ class DeliveryStore:
         next_score = "" if retry_in_s is None else str(int((time.time() + retry_in_s) * 1000))
         task_ttl = self.retention_s + int(retry_in_s or 0)
         await self._record(
-            keys=[
-                self.keys.task(ref),
-                self.keys.queue,
-                self.keys.job(job_id),
-                self.keys.in_progress(job_id),
-                self.keys.retry(job_id),
-            ],
+            keys=[self.keys.task(ref), self.keys.job(job_id), self.keys.retry(job_id)],
             args=[
+                self.keys.queue_prefix,
                 delivery_field(index),
                 state.to_json(),
                 task_ttl,
@@ -161,13 +162,20 @@ class DeliveryStore:
                 job_id,
                 self.job_ttl_ms,
                 self.keys.wake,
+                _now_ms(),
+                ARQ_IN_PROGRESS_PREFIX,
             ],
         )
 
     async def resend(self, ref: TaskRef, states: dict[int, DeliveryState]) -> list[int]:
         """Start a new schedule for the given results' deliveries (those not pending)."""
         now = time.time()
-        args: list[Any] = [self.keys.wake, int(now * 1000), self.retention_s]
+        args: list[Any] = [
+            self.keys.queue_prefix,
+            self.keys.wake,
+            int(now * 1000),
+            self.retention_s,
+        ]
         for index, state in states.items():
             job = self.first_job(ref, index)
             args += [
@@ -178,5 +186,9 @@ class DeliveryStore:
                 arq_job(job.function, job.args, int(now * 1000)),
                 self.job_ttl_ms,
             ]
-        resent = await self._resend(keys=[self.keys.task(ref), self.keys.queue], args=args)
+        resent = await self._resend(keys=[self.keys.task(ref)], args=args)
         return [int(field.decode().removeprefix("w:")) for field in resent]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

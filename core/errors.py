@@ -14,6 +14,8 @@ class TaskwireError(Exception):
 
     status: ClassVar[int] = 400
     default_code: ClassVar[str] = "invalidRequest"
+    # Seconds a client should wait before trying again (sent as Retry-After), if it applies.
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, code: str | None = None, parameter: str | None = None):
         super().__init__(message)
@@ -55,6 +57,17 @@ class TaskConflict(TaskwireError):
 class PayloadTooLarge(TaskwireError):
     status = 413
     default_code = "payloadTooLarge"
+
+
+class RateLimited(TaskwireError):
+    """A per-key limit was hit; the message names the limit, Retry-After says when to retry."""
+
+    status = 429
+    default_code = "rateLimitExceeded"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(TaskwireError):

@@ -427,5 +427,15 @@ class Scheduler:
             await self._settle(args=[self.keys.queue_prefix, ARQ_IN_PROGRESS_PREFIX, *members])
 
 
+async def outstanding(redis: Redis, keys: Keys) -> int:
+    """Jobs waiting, scheduled or running (0: the queue has nothing left to do)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hvals(keys.queue_prefix + "depth")
+        pipe.zcard(keys.queue_prefix + "delayed")
+        pipe.zcard(keys.queue_prefix + "leases")
+        depth, delayed, leased = await pipe.execute()
+    return sum(int(value) for value in depth) + int(delayed) + int(leased)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)

@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     route_failure_threshold: int = Field(default=5, ge=1)
     route_cooldown_s: float = Field(default=30.0, ge=0)
 
+    # --- tenants: how the shared queue divides turns, and what one API key may use
+    # While interactive work (sync, stream) waits, batch work (async results and webhook
+    # deliveries) still gets this share of turns, so neither side starves.
+    batch_min_share: float = Field(default=0.1, ge=0, le=1)
+    # Defaults for every API key; a key's own record (tw:tenant:<owner>) may override them.
+    key_weight: float = Field(default=1.0, gt=0)
+    key_max_running: int = Field(default=1000, ge=1)  # results running at once
+    key_max_deliveries: int = Field(default=50, ge=1)  # webhook deliveries at once
+    key_max_queued: int = Field(default=50_000, ge=1)  # results waiting to run
+
     # --- worker
     worker_max_jobs: int = Field(default=500, ge=1)
     job_timeout_s: float = Field(default=600.0, gt=0)

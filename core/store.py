@@ -16,7 +16,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from core.jobs import JOB_INPUT_FIELDS, JobInput, job_input_from
-from core.keys import RUN_RESULT_JOB, Keys, TaskRef
+from core.keys import ARQ_IN_PROGRESS_PREFIX, RUN_RESULT_JOB, Keys, TaskRef
+from core.scheduler import BATCH, INTERACTIVE, LUA_LIB, JobClass
 
 __all__ = ["JOB_INPUT_FIELDS", "JobInput", "TaskStore", "job_input_from"]
 
@@ -36,6 +37,7 @@ class SubmitOutcome:
     created: bool
     queue_full: bool = False
     existing_fingerprint: str | None = None
+    over_quota: int | None = None  # the key's queued-task quota, when the task exceeded it
 
 
 @dataclass(slots=True)
@@ -71,21 +73,37 @@ class FinishOutcome:
     created_ms: float = 0.0
 
 
-_SUBMIT = """
+# ARGV: queue prefix, tenant prefix, fingerprint, request, seeds, n, created ms, retention
+# s, max queue depth, default max queued per key, job class, then n job payloads and n job
+# ids. KEYS: the task record, then the n arq job keys. Returns {1} (created), {0, fp} (the
+# taskUUID exists), {-1} (the queue is full) or {-2, limit} (the key's own quota is full).
+_SUBMIT = (
+    LUA_LIB
+    + """
 local existing = redis.call('HGET', KEYS[1], 'fp')
 if existing then return {0, existing} end
-local n = tonumber(ARGV[4])
-if redis.call('ZCARD', KEYS[2]) + n > tonumber(ARGV[7]) then return {-1} end
-redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'req', ARGV[2], 'seeds', ARGV[3], 'n', n,
-           'created', ARGV[5], 'done', 0)
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-local ttl_ms = tonumber(ARGV[6]) * 1000
+local n = tonumber(ARGV[6])
+local owner = owner_of(ARGV[11 + n + 1])
+local quota = tonumber(redis.call('HGET', ARGV[2] .. owner, 'max_queued') or ARGV[10])
+if tonumber(redis.call('HGET', QP .. 'queued', owner) or '0') + n > quota then
+  return {-2, quota}
+end
+local waiting = redis.call('HMGET', QP .. 'depth', 'i', 'b')
+if tonumber(waiting[1] or '0') + tonumber(waiting[2] or '0') + n > tonumber(ARGV[9]) then
+  return {-1}
+end
+redis.call('HSET', KEYS[1], 'fp', ARGV[3], 'req', ARGV[4], 'seeds', ARGV[5], 'n', n,
+           'created', ARGV[7], 'done', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+local ttl_ms = tonumber(ARGV[8]) * 1000
+local created = math.floor(tonumber(ARGV[7]))
 for i = 1, n do
-  redis.call('SET', KEYS[2 + i], ARGV[7 + i], 'PX', ttl_ms)
-  redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[5])), ARGV[7 + n + i])
+  redis.call('SET', KEYS[1 + i], ARGV[11 + i], 'PX', ttl_ms)
+  make_ready(ARGV[11], ARGV[11 + n + i], created)
 end
 return {1}
 """
+)
 
 # Appends one event to a task's stream and notifies live readers with "<id> <payload>".
 _APPEND_EVENT = """
@@ -110,31 +128,42 @@ return ids
 
 # Records a final result unless one is there, publishes it after the pending deltas, and
 # settles the arq job (what arq's finish_job would do) in the same step.
+# Records a final result unless one is there, publishes it after the pending deltas, and
+# settles the job (its lease and arq keys) in the same step, enqueuing a follow-up job.
+# KEYS: task, events, arq job, arq retry. ARGV: queue prefix, result field, item, final
+# event, retention s, stream maxlen, 1 if an error, job id, job class, in-progress prefix,
+# follow-up (JSON or ''), pending delta events...
 _FINISH = (
-    _APPEND_EVENT
+    LUA_LIB
+    + _APPEND_EVENT
     + """
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
-redis.call('ZREM', KEYS[3], ARGV[7])
+settle(ARGV[9], ARGV[8], ARGV[10])
+redis.call('DEL', KEYS[3], KEYS[4])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {0} end
+if redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]) == 0 then return {0} end
 local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
-local errors = redis.call('HINCRBY', KEYS[1], 'errors', tonumber(ARGV[6]))
+local errors = redis.call('HINCRBY', KEYS[1], 'errors', tonumber(ARGV[7]))
 local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local created = redis.call('HGET', KEYS[1], 'created')
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-if ARGV[8] ~= '' then
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if ARGV[11] ~= '' then
   -- a job that follows the result (its webhook delivery), enqueued with it
-  local follow = cjson.decode(ARGV[8])
+  local follow = cjson.decode(ARGV[11])
   redis.call('HSET', KEYS[1], follow.field, follow.value)
   redis.call('SET', follow.job_key, follow.payload, 'PX', follow.ttl_ms)
-  redis.call('ZADD', KEYS[3], follow.score, follow.job_id)
+  enqueue('h', follow.job_id, follow.score, follow.score)
   redis.call('PUBLISH', follow.wake, '1')
 end
-for i = 9, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[4], ARGV[5]) end
-append_event(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
+for i = 12, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[5], ARGV[6]) end
+append_event(KEYS[2], ARGV[4], ARGV[5], ARGV[6])
 return {1, done, n, errors, created}
 """
 )
+
+
+def job_class_of(request: dict[str, Any]) -> JobClass:
+    """Somebody is waiting on sync and stream results (interactive); async ones are batch."""
+    return BATCH if request.get("deliveryMethod") == "async" else INTERACTIVE
 
 
 def arq_job(function: str, args: list[Any], enqueue_time_ms: int) -> str:
@@ -156,12 +185,14 @@ class TaskStore:
         *,
         retention_s: int,
         max_queue_depth: int = 200_000,
+        max_queued_per_key: int = 50_000,
         event_maxlen: int = 10_000,
     ):
         self.redis = redis
         self.keys = keys
         self.retention_s = retention_s
         self.max_queue_depth = max_queue_depth
+        self.max_queued_per_key = max_queued_per_key
         self.event_maxlen = event_maxlen
         self._append = redis.register_script(_APPEND)
         self._finish = redis.register_script(_FINISH)
@@ -185,15 +216,13 @@ class TaskStore:
                 ]
                 # EVAL, not EVALSHA: a pipeline of EVALSHA costs an extra SCRIPT EXISTS round
                 # trip in redis-py, and Redis caches the compiled script by its hash anyway.
-                keys = [
-                    self.keys.task(task.ref),
-                    self.keys.queue,
-                    *(self.keys.job(job_id) for job_id in job_ids),
-                ]
+                keys = [self.keys.task(task.ref), *(self.keys.job(job_id) for job_id in job_ids)]
                 pipe.eval(
                     _SUBMIT,
                     len(keys),
                     *keys,
+                    self.keys.queue_prefix,
+                    self.keys.tenant_prefix,
                     task.fingerprint,
                     _dumps(task.request),
                     _dumps(task.seeds),
@@ -201,6 +230,8 @@ class TaskStore:
                     created_ms,
                     str(self.retention_s),
                     str(self.max_queue_depth),
+                    str(self.max_queued_per_key),
+                    job_class_of(task.request),
                     *payloads,
                     *job_ids,
                 )
@@ -213,6 +244,8 @@ class TaskStore:
                 outcomes.append(SubmitOutcome(created=True))
             elif status == -1:
                 outcomes.append(SubmitOutcome(created=False, queue_full=True))
+            elif status == -2:
+                outcomes.append(SubmitOutcome(created=False, over_quota=int(reply[1])))
             else:
                 outcomes.append(SubmitOutcome(created=False, existing_fingerprint=_text(reply[1])))
         return outcomes
@@ -272,9 +305,11 @@ class TaskStore:
         event: dict[str, Any],
         pending: Sequence[dict[str, Any]] = (),
         then: FollowUpJob | None = None,
+        job_class: str = INTERACTIVE,
     ) -> FinishOutcome:
         """Record a final result unless one is already there, publish it after the
-        still-pending delta events, settle the result's arq job and enqueue `then` (with
+        still-pending delta events, settle the result's job (lease, running slot and arq
+        keys; `job_class` is the queue class it was claimed from) and enqueue `then` (with
         the record field it sets), all in one step."""
         job_id = self.keys.job_id(ref, index)
         follow = ""
@@ -295,12 +330,11 @@ class TaskStore:
             keys=[
                 self.keys.task(ref),
                 self.keys.events(ref),
-                self.keys.queue,
                 self.keys.job(job_id),
-                self.keys.in_progress(job_id),
                 self.keys.retry(job_id),
             ],
             args=[
+                self.keys.queue_prefix,
                 f"r:{index}",
                 _dumps(item),
                 _dumps(event),
@@ -308,6 +342,8 @@ class TaskStore:
                 self.event_maxlen,
                 1 if item.get("status") == "error" else 0,
                 job_id,
+                job_class,
+                ARQ_IN_PROGRESS_PREFIX,
                 follow,
                 *(_dumps(p) for p in pending),
             ],

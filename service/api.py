@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -29,10 +30,14 @@ def json_response(
     )
 
 
+def retry_after_header(error: TaskwireError) -> dict[str, str] | None:
+    if error.retry_after is None:
+        return None
+    return {"Retry-After": str(math.ceil(error.retry_after))}
+
+
 def error_response(error: TaskwireError, **scope: Any) -> Response:
-    headers = (
-        {"Retry-After": str(error.retry_after)} if isinstance(error, ServiceUnavailable) else None
-    )
+    headers = retry_after_header(error)
     return json_response({"errors": [error.to_item(**scope)]}, error.status, headers)
 
 
@@ -126,8 +131,8 @@ def batch_response(slots: list[Slot]) -> Response:
     if errors:
         body["errors"] = errors
     headers = None
-    if first_error is not None and isinstance(first_error, ServiceUnavailable):
-        headers = {"Retry-After": str(first_error.retry_after)}
+    if first_error is not None:
+        headers = retry_after_header(first_error)
     if not data and first_error is not None:
         return json_response(body, first_error.status, headers)
     status = 202 if any(slot.pending_sync for slot in slots) else 200

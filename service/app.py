@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
             Keys(settings.key_prefix, settings.queue_name),
             retention_s=settings.task_retention_s,
             max_queue_depth=settings.max_queue_depth,
+            max_queued_per_key=settings.key_max_queued,
             event_maxlen=settings.event_stream_maxlen,
         )
         hub = EventHub(redis)

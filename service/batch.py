@@ -14,6 +14,7 @@ from core.catalog import Catalog
 from core.deliveries import DeliveryState
 from core.errors import (
     InvalidRequest,
+    RateLimited,
     ServiceUnavailable,
     TaskConflict,
     TaskNotFound,
@@ -236,7 +237,16 @@ class Batch:
         outcomes = await self.store.submit([w.new for w in work])
         waits = []
         for w, outcome in zip(work, outcomes, strict=True):
-            if outcome.queue_full:
+            if outcome.over_quota is not None:
+                w.slot.errors.append(
+                    RateLimited(
+                        f"This API key already has {outcome.over_quota} results waiting to "
+                        "run (its queued-results limit); submit more as they finish.",
+                        code="queueLimitExceeded",
+                        retry_after=5,
+                    )
+                )
+            elif outcome.queue_full:
                 w.slot.errors.append(
                     ServiceUnavailable(
                         "The queue is full; try again shortly.", code="queueFull", retry_after=5

@@ -13,7 +13,8 @@ from redis.exceptions import RedisError
 from core.keys import TaskRef
 from core.protocol import TextInferenceTask, error_item
 from core.settings import Settings
-from core.store import FinishOutcome, FollowUpJob, JobInput, TaskStore
+from core.store import FinishOutcome, FollowUpJob, TaskStore
+from worker.context import JobContext
 from worker.inference import Inference, InferenceOutcome
 from worker.publisher import ResultPublisher
 from worker.webhooks import WebhookDeliverer
@@ -29,21 +30,18 @@ class WorkerDeps:
     webhooks: WebhookDeliverer
 
 
-async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int) -> None:
+async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int) -> None:
     """Produce result `index` of a task unless it is already final (arq may run a job twice)."""
-    deps: WorkerDeps = ctx["deps"]
+    deps = job_ctx.deps
     ref = TaskRef(owner, task_uuid)
-    job_try: int = ctx["job_try"]
+    job_try = job_ctx.job_try
     started = time.monotonic()
     started_ms = time.time() * 1000
     with structlog.contextvars.bound_contextvars(
         task_uuid=task_uuid, result_index=index, job_try=job_try
     ):
-        job_id: str = ctx["job_id"]
-        prefetched: dict[str, JobInput | None] = ctx["prefetched"]
-        if job_id in prefetched:
-            job = prefetched.pop(job_id)
-        else:
+        prefetched, job = job_ctx.take_prefetched()
+        if not prefetched:
             job = await deps.store.load_job_input(ref, index)
         if job is None:
             log.warning("result.task_gone")
@@ -68,12 +66,13 @@ async def run_result(ctx: dict[str, Any], owner: str, task_uuid: str, index: int
             max_chars=settings.stream_flush_chars,
             published_text=prior_text,
             published_reasoning=prior_reasoning,
+            job_class=job_ctx.job_class,
         )
         try:
             outcome = await _produce(deps, task, index, job.seed, publisher, job_try, owner)
             delivery = deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
             finish = await _finish(publisher, outcome.item, delivery)
-            ctx["settled"].add(job_id)
+            job_ctx.settled = True
             await deps.inference.recorded(outcome)
         except BaseException:
             publisher.close()

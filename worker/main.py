@@ -21,7 +21,7 @@ from core.images import ImageStore
 from core.keys import DELIVER_WEBHOOK_JOB, RUN_RESULT_JOB, Keys
 from core.logging import configure_logging
 from core.outbound import OutboundPolicy
-from core.queue import JobQueue
+from core.scheduler import Fairness, Scheduler
 from core.settings import Settings
 from core.store import TaskStore
 from core.webhooks import RetrySchedule, WebhookSecrets
@@ -33,7 +33,7 @@ from worker.providers.openai_chat import chat_adapter
 from worker.providers.openai_responses import responses_adapter
 from worker.providers.runware import runware_adapter
 from worker.providers.segmind import SegmindAdapter
-from worker.queue import QueueWorker, json_deserializer, json_serializer
+from worker.queue import QueueWorker, job_function, json_deserializer, json_serializer
 from worker.retry import RetryPolicy
 from worker.routing import RouteHealth
 from worker.webhooks import WebhookDeliverer, deliver_webhook
@@ -75,6 +75,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             keys,
             retention_s=settings.task_retention_s,
             max_queue_depth=settings.max_queue_depth,
+            max_queued_per_key=settings.key_max_queued,
             event_maxlen=settings.event_stream_maxlen,
         ),
         inference=Inference(
@@ -125,6 +126,15 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     log.info("worker.stopped")
 
 
+def fairness(settings: Settings) -> Fairness:
+    return Fairness(
+        batch_share=settings.batch_min_share,
+        weight=settings.key_weight,
+        max_running=settings.key_max_running,
+        max_deliveries=settings.key_max_deliveries,
+    )
+
+
 def build_worker(settings: Settings) -> QueueWorker:
     keys = Keys(settings.key_prefix, settings.queue_name)
     redis = ArqRedis(
@@ -141,7 +151,7 @@ def build_worker(settings: Settings) -> QueueWorker:
     return QueueWorker(
         functions=[
             func(
-                deliver_webhook,
+                job_function(deliver_webhook),
                 name=DELIVER_WEBHOOK_JOB,
                 timeout=settings.webhook_timeout_s + 30,
                 keep_result=0,
@@ -149,7 +159,7 @@ def build_worker(settings: Settings) -> QueueWorker:
                 max_tries=3 * len(settings.webhook_schedule_s) + 10,
             ),
             func(
-                run_result,
+                job_function(run_result),
                 name=RUN_RESULT_JOB,
                 timeout=backstop_s,
                 keep_result=0,
@@ -170,7 +180,7 @@ def build_worker(settings: Settings) -> QueueWorker:
         job_serializer=json_serializer,
         job_deserializer=json_deserializer,
         ctx={"settings": settings},
-        job_queue=JobQueue(redis, keys, settings.job_lease_s),
+        scheduler=Scheduler(redis, keys, settings.job_lease_s, fairness(settings)),
         worker_key=f"{keys.workers}:{socket.gethostname()}:{os.getpid()}",
     )
 

@@ -49,8 +49,10 @@ class ResultPublisher:
         max_chars: int = 1024,
         published_text: str = "",
         published_reasoning: str = "",
+        job_class: str = "i",
     ):
         self._store = store
+        self._job_class = job_class
         self._ref = ref
         self._index = index
         self._attempt = attempt
@@ -182,7 +184,7 @@ class ResultPublisher:
         final = {"t": "f", "i": self._index, "a": self._attempt, "r": item}
         try:
             outcome = await self._store.finish_result(
-                self._ref, self._index, item, final, pending, then
+                self._ref, self._index, item, final, pending, then, self._job_class
             )
         except BaseException:
             self._outbox[:0] = pending

@@ -1,13 +1,18 @@
-"""arq's Worker with the defaults this product cannot live with replaced.
+"""arq's Worker with the defaults this product cannot live with replaced: the one module that
+depends on arq's internals (tests/unit/test_arq_seam.py fails loudly if an upgrade moves them).
 
-arq (0.26-0.28) polls its queue every 0.5 s, claims jobs with four round trips each, holds a
-job's in-progress key for the whole job timeout, and exits on the first Redis error. Here:
+arq (0.26-0.28) polls one FIFO queue every 0.5 s, claims jobs with four round trips each,
+holds a job's in-progress key for the whole job timeout, hands jobs a dict of string keys, and
+exits on the first Redis error. Here:
 
 * **Wake-ups, not polling.** Enqueuers publish on `<queue>:wake`; the worker waits on that
   (with a slow fallback poll), so a job starts within a millisecond or two of its enqueue.
-* **Leases** (core.queue): one Lua call claims a batch of due jobs, each with a lease the
-  worker renews while the job runs, and prefetches their task records. A SIGKILLed
-  worker's jobs become visible again when the lease runs out, whatever the job timeout.
+* **A tenant-aware queue** (core/scheduler.py): one Lua call claims a batch of due jobs in
+  class and fairness order, each with a lease the worker renews while the job runs, and
+  prefetches their task records. A SIGKILLed worker's jobs become visible again when the
+  lease runs out, whatever the job timeout; arq's own queue set is never used.
+* **A typed job context** (worker/context.py): job functions are registered through
+  `job_function`, which builds a `JobContext` from arq's ctx dict.
 * **Settled by the job.** A result job settles its arq job in the same script that records
   its result, so arq's own finish round trip is skipped for it.
 * **Redis outages are survived.** Errors in the loop are logged and retried with backoff;
@@ -22,14 +27,16 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import structlog
+from arq.typing import WorkerCoroutine
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from core.queue import JobQueue
-from core.store import JobInput
+from core.scheduler import HOOK, ClaimedJob, Scheduler, member, now_ms
+from worker.context import Claim, JobContext
 
 log = structlog.get_logger("taskwire.worker")
 
@@ -37,22 +44,21 @@ log = structlog.get_logger("taskwire.worker")
 class QueueWorker(Worker):
     """arq Worker woken by pub/sub, with leased claims and Redis-outage survival."""
 
-    def __init__(self, *, job_queue: JobQueue, worker_key: str, **kwargs: Any):
+    def __init__(self, *, scheduler: Scheduler, worker_key: str, **kwargs: Any):
         super().__init__(**kwargs)
-        self.job_queue = job_queue
+        self.scheduler = scheduler
         # arq sets in-progress keys for job_timeout + 10 s; ours are leases, renewed below.
-        self.in_progress_timeout_s = job_queue.lease_ms / 1000
+        self.in_progress_timeout_s = scheduler.lease_ms / 1000
         self._worker_key = worker_key
         self._wake: asyncio.Event | None = None
         self._saturated = False
         self._next_due: float | None = None
         self._background: list[asyncio.Task[None]] = []
-        # Shared with jobs through ctx: task records read at claim time, and the jobs that
-        # settled themselves (recorded their result and removed their arq job).
-        self.prefetched: dict[str, JobInput | None] = {}
-        self.settled: set[str] = set()
-        self.ctx["prefetched"] = self.prefetched
-        self.ctx["settled"] = self.settled
+        # What the claim knew of each running job, and the contexts handed to job functions
+        # (a job that settled itself says so there, and arq's bookkeeping is skipped).
+        self.claims: dict[str, Claim] = {}
+        self.contexts: dict[str, JobContext] = {}
+        self.ctx[_WORKER] = self
 
     # --- main loop
 
@@ -115,10 +121,9 @@ class QueueWorker(Worker):
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             free = self.max_jobs - self.job_counter
-            claimed, self._next_due = await self.job_queue.claim(free)
+            claimed, self._next_due = await self.scheduler.claim(free)
             for job in claimed:
-                self.prefetched[job.job_id] = job.job_input
-                self._start(job.job_id, job.score)
+                self._start(job)
             self._saturated = len(claimed) >= free
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -133,16 +138,18 @@ class QueueWorker(Worker):
                     )
         await self.heart_beat()
 
-    def _start(self, job_id: str, score: int) -> None:
+    def _start(self, job: ClaimedJob) -> None:
         self.job_counter += 1
-        task = self.loop.create_task(self.run_job(job_id, score))
+        job_id = job.job_id
+        self.claims[job_id] = Claim(job.job_class, job.job_input, prefetched=True)
+        task = self.loop.create_task(self.run_job(job_id, now_ms()))
         task.add_done_callback(lambda _task: self._job_done(job_id))
         self.tasks[job_id] = task
 
     def _job_done(self, job_id: str) -> None:
         self.job_counter -= 1
-        self.prefetched.pop(job_id, None)
-        self.settled.discard(job_id)
+        self.claims.pop(job_id, None)
+        self.contexts.pop(job_id, None)
         if self._saturated and self._wake is not None:
             self._wake.set()
 
@@ -154,7 +161,7 @@ class QueueWorker(Worker):
         while True:
             try:
                 async with self.pool.pubsub() as pubsub:
-                    await pubsub.subscribe(self.job_queue.keys.wake)
+                    await pubsub.subscribe(self.scheduler.keys.wake)
                     self._wake.set()  # after a (re)connect, look at the queue at once
                     backoff = 0.05
                     while True:
@@ -170,10 +177,12 @@ class QueueWorker(Worker):
         interval = self.in_progress_timeout_s / 3
         while True:
             await asyncio.sleep(interval)
-            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            running = [
+                self._member(job_id) for job_id, task in self.tasks.items() if not task.done()
+            ]
             try:
                 await self._register(len(running))
-                await self.job_queue.renew(running)
+                await self.scheduler.renew(running)
             except (RedisError, OSError) as exc:
                 log.warning(
                     "worker.lease_renewal_failed", error=type(exc).__name__, jobs=len(running)
@@ -187,6 +196,12 @@ class QueueWorker(Worker):
 
     # --- arq hooks adjusted
 
+    def _member(self, job_id: str) -> str:
+        claim = self.claims.get(job_id)
+        if claim is not None:
+            return member(claim.job_class, job_id)
+        return member(HOOK if job_id.endswith(":webhook") else "b", job_id)
+
     async def finish_job(
         self,
         job_id: str,
@@ -197,8 +212,9 @@ class QueueWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        if finish and job_id in self.settled:
-            return  # the job's own finish script already did what arq would do here
+        context = self.contexts.get(job_id)
+        if finish and context is not None and context.settled:
+            return  # the job's own script already settled it
         await super().finish_job(
             job_id,
             finish,
@@ -208,9 +224,18 @@ class QueueWorker(Worker):
             incr_score,
             keep_in_progress,
         )
-        if not finish and incr_score is None:
-            # Cancelled here (shutdown): hand the job back now rather than when the lease ends.
-            await self.job_queue.hand_back(job_id)
+        if finish:
+            await self.scheduler.settle([self._member(job_id)])
+        else:
+            # Cancelled here (shutdown) or asked to retry: due again now (or after the
+            # retry's delay), not when the lease ends; its running slot is given back.
+            due = now_ms() + incr_score if incr_score else None
+            await self.scheduler.hand_back([self._member(job_id)], due)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq gave up on the job before running it (expired, undecodable, out of tries)."""
+        await super().finish_failed_job(job_id, result_data)
+        await self.scheduler.settle([self._member(job_id)])
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -219,6 +244,26 @@ class QueueWorker(Worker):
             await super().close()
         except (RedisError, OSError) as exc:
             log.warning("worker.close_without_redis", error=type(exc).__name__)
+
+
+_WORKER = "taskwire_worker"  # where the seam finds the worker in arq's ctx
+
+
+def job_function(function: Callable[..., Awaitable[None]]) -> WorkerCoroutine:
+    """Wrap a taskwire job `function(job: JobContext, *args)` as the arq job function
+    `(ctx, *args)`. arq's ctx keys read here: "job_id" and "job_try" (its documented ones)
+    and the worker this module put there."""
+
+    async def arq_job(ctx: dict[str, Any], *args: Any) -> None:
+        worker: QueueWorker = ctx[_WORKER]
+        job_id: str = ctx["job_id"]
+        claim = worker.claims.get(job_id) or Claim(worker._member(job_id)[0], None, False)
+        context = JobContext(ctx["deps"], job_id, int(ctx["job_try"]), claim)
+        worker.contexts[job_id] = context
+        await function(context, *args)
+
+    arq_job.__name__ = arq_job.__qualname__ = function.__name__
+    return cast(WorkerCoroutine, arq_job)
 
 
 def json_serializer(value: dict[str, Any]) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 import httpx
 import structlog
@@ -15,6 +14,7 @@ from core.http_guard import GuardedClient
 from core.keys import TaskRef
 from core.outbound import OutboundRefused
 from core.webhooks import RetrySchedule, WebhookSecrets, message_id, signature_header
+from worker.context import JobContext
 from worker.providers.base import parse_retry_after
 
 log = structlog.get_logger("taskwire.webhooks")
@@ -95,9 +95,9 @@ class WebhookDeliverer:
         return replace(done, next_at=now + delay), delay
 
 
-async def deliver_webhook(ctx: dict[str, Any], owner: str, task_uuid: str, index: int) -> None:
+async def deliver_webhook(job: JobContext, owner: str, task_uuid: str, index: int) -> None:
     """Attempt one delivery of result `index` and record its outcome (idempotent per state)."""
-    deliverer: WebhookDeliverer = ctx["deps"].webhooks
+    deliverer = job.deps.webhooks
     ref = TaskRef(owner, task_uuid)
     pending = await deliverer.deliveries.load(ref, index)
     if pending is None or pending.state.state != "pending":
@@ -109,7 +109,7 @@ async def deliver_webhook(ctx: dict[str, Any], owner: str, task_uuid: str, index
     outcome = await deliverer.attempt(pending.url, msg_id, owner, body)
     state, retry_in = deliverer.next_state(pending.state, outcome)
     await deliverer.deliveries.record(ref, index, state, retry_in)
-    ctx["settled"].add(ctx["job_id"])
+    job.settled = True
     log.info(
         "webhook.attempt",
         task_uuid=task_uuid,

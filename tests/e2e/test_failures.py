@@ -272,7 +272,9 @@ def test_task_in_flight_during_a_redis_restart_completes(make_stack: StackFactor
     assert items[0]["status"] == "success"
     assert len(items[0]["text"].split()) == 20
     client = redis.Redis.from_url(stack.redis_url)
-    assert client.zcard("tw:queue") == 0  # nothing left behind
+    assert client.zcard("tw:q:leases") == 0  # nothing left behind
+    assert client.zcard("tw:q:delayed") == 0
+    assert all(int(v) == 0 for v in client.hvals("tw:q:depth"))
     client.close()
     api.close()
 

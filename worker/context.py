@@ -1,0 +1,48 @@
+"""What a job is given when it runs: a typed context, not arq's `ctx` dict.
+
+arq calls job functions with a dict of string keys; the seam module (worker/queue.py) turns
+that into a `JobContext` before taskwire code sees it, so jobs name what they use (the
+process's dependencies, the job's identity, what the claim prefetched) and nothing else
+depends on how arq spells its keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from core.jobs import JobInput
+
+if TYPE_CHECKING:
+    from worker.jobs import WorkerDeps
+
+
+@dataclass(slots=True)
+class Claim:
+    """What the claim that leased a job knew of it."""
+
+    job_class: str  # the scheduler's class: "i", "b" or "h"
+    job_input: JobInput | None  # the task record's fields (results), if read
+    prefetched: bool  # whether job_input was read at claim time
+
+
+@dataclass(slots=True)
+class JobContext:
+    deps: WorkerDeps
+    job_id: str
+    job_try: int  # 1 on the first run; a re-run after a crash or hand-back counts up
+    claim: Claim
+    # Set by a job that settled itself (its own script removed its lease and arq keys),
+    # so the runner skips arq's bookkeeping for it.
+    settled: bool = field(default=False)
+
+    @property
+    def job_class(self) -> str:
+        return self.claim.job_class
+
+    def take_prefetched(self) -> tuple[bool, JobInput | None]:
+        """(whether the claim read the task record, what it read), once."""
+        found = (self.claim.prefetched, self.claim.job_input)
+        self.claim.prefetched = False
+        self.claim.job_input = None
+        return found
