@@ -100,7 +100,7 @@ def test_each_result_is_delivered_signed(api: Api, receiver: Receiver) -> None:
         payload = verifier.verify(request.body, request.headers)  # raises if not genuine
         [item] = payload["data"]
         shown = items[item["resultIndex"]]
-        assert item == {k: v for k, v in shown.items() if k not in ("streamURL", "webhook")}
+        assert item == {k: v for k, v in shown.items() if k not in ("links", "webhook")}
         assert request.headers["content-type"] == "application/json"
         assert request.headers["webhook-signature"].startswith("v1,")
         ids.add(request.headers["webhook-id"])
@@ -218,6 +218,14 @@ def test_secret_rotation_signs_with_both(api: Api, receiver: Receiver) -> None:
     assert secret(api, KEY_A) != new  # each key has its own
 
 
+# URLs the old guard (urllib, inet_aton) read one way and httpx (the client) another.
+HOSTILE = [
+    "http://0127.0.0.1/x.png",
+    "http://xn--127-0.0.0.1/x.png",
+    "http://[v1.fe80::a]/x.png",
+]
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -229,6 +237,8 @@ def test_secret_rotation_signs_with_both(api: Api, receiver: Receiver) -> None:
         "http://[fd00::1]/hook",
         "http://0.0.0.0/hook",
         "ftp://example.com/hook",
+        "http://[fec0::1]/hook",
+        *HOSTILE,
     ],
 )
 def test_forbidden_urls_are_refused_at_submit(api: Api, url: str) -> None:
@@ -237,6 +247,21 @@ def test_forbidden_urls_are_refused_at_submit(api: Api, url: str) -> None:
     error = response.json()["errors"][0]
     assert error["code"] == "invalidWebhookURL"
     assert error["parameter"] == "webhookURL"
+
+
+@pytest.mark.parametrize("url", HOSTILE)
+def test_urls_httpx_cannot_parse_are_refused_as_images(api: Api, url: str) -> None:
+    """The same parser guards image URLs: refused with the parameter named, never a 500 and
+    never a task that fails later."""
+    upload = {"taskType": "imageUpload", "taskUUID": text_task()["taskUUID"], "image": url}
+    response = api.post([upload])
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert (error["code"], error["parameter"]) == ("invalidImage", "image")
+    response = api.post([text_task(inputs={"images": [url]})])
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert (error["code"], error["parameter"]) == ("invalidImages", "inputs.images.0")
 
 
 def test_worker_killed_during_delivery(make_stack: StackFactory) -> None:
