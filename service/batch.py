@@ -34,10 +34,10 @@ from core.protocol import (
 )
 from core.settings import Settings
 from core.store import NewTask, TaskRecord, TaskStore
+from core.tokens import StreamTokens
 from service.delivery import collect_results, confirmed, result_items, watching
 from service.images import Images
 from service.streaming import ChunkRenderer
-from service.tokens import StreamTokens
 
 
 @dataclass(eq=False)
@@ -267,25 +267,33 @@ class Batch:
             results = await collect_results(
                 w.sub, self.store, w.ref, n, deadline, read_first=not created
             )
-            w.slot.items.extend(result_items(uuid, n, results))
             w.slot.pending_sync = len(results) < n
+            if w.slot.pending_sync:  # a 202: the client polls, or follows the stream link
+                links = self._links(uuid)
+                w.slot.items.extend({**item, **links} for item in result_items(uuid, n, results))
+            else:
+                w.slot.items.extend(result_items(uuid, n, results))
         elif created:
-            w.slot.items.append(
-                {**processing_item(uuid), "streamURL": self.tokens.stream_url(self.owner, uuid)}
-            )
+            w.slot.items.append({**processing_item(uuid), **self._links(uuid)})
         else:
             record = await self.store.get(w.ref)
             if record is not None:
                 w.slot.items.extend(self._state_items(record))
 
+    def _links(self, uuid: str) -> dict[str, Any]:
+        """The task's links: `stream`, its event stream for a browser (absolute, signed). Kept
+        under `links`, not as a top-level `...URL` field, which Runware's SDKs read as a
+        finished result."""
+        return {"links": {"stream": self.tokens.stream_url(self.base_url, self.owner, uuid)}}
+
     def _state_items(self, record: TaskRecord) -> list[dict[str, Any]]:
         """A task's current state, one item per result: as getResponse shows it, with the
-        task's streamURL and, for a task with a webhook, each result's delivery state."""
+        task's links and, for a task with a webhook, each result's delivery state."""
         uuid = record.ref.uuid
-        url = self.tokens.stream_url(self.owner, uuid)
+        links = self._links(uuid)
         items = []
         for item in result_items(uuid, record.number_results, record.results):
-            shown = {**item, "streamURL": url}
+            shown = {**item, **links}
             delivery = record.deliveries.get(item["resultIndex"])
             if delivery is not None:
                 shown["webhook"] = DeliveryState(**delivery).public()

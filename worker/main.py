@@ -24,6 +24,7 @@ from core.outbound import OutboundPolicy
 from core.queue import JobQueue
 from core.settings import Settings
 from core.store import TaskStore
+from core.tokens import ImageTokens, load_secret
 from core.webhooks import RetrySchedule, WebhookSecrets
 from worker.images import ImageResolver
 from worker.inference import Inference
@@ -97,6 +98,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
                 ImageStore(ctx["redis"], keys, settings.task_retention_s),
                 image_client,
                 settings.image_max_bytes,
+                tokens=ImageTokens(
+                    await load_secret(ctx["redis"], settings), settings.task_retention_s
+                ),
+                public_base_url=settings.public_base_url,
             ),
         ),
         webhooks=WebhookDeliverer(

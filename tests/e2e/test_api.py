@@ -70,11 +70,12 @@ def test_async_task_then_get_response(api: Api) -> None:
         "taskType": "textInference",
         "taskUUID": task["taskUUID"],
         "status": "processing",
-        "streamURL": ack["streamURL"],
+        "links": {"stream": ack["links"]["stream"]},
     }
-    assert ack["streamURL"].startswith(f"/v1/tasks/{task['taskUUID']}/events?token=")
+    stream_link = f"{api.stack.api_url}/v1/tasks/{task['taskUUID']}/events?token="
+    assert ack["links"]["stream"].startswith(stream_link)
     [item] = api.wait_final(task["taskUUID"])
-    assert item["streamURL"].startswith(f"/v1/tasks/{task['taskUUID']}/events?token=")
+    assert item["links"]["stream"].startswith(stream_link)
     assert item["status"] == "success"
     assert item["seed"] == 3
     assert item["resultIndex"] == 0
