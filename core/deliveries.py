@@ -1,4 +1,5 @@
-"""Webhook delivery state in Redis: one record per result, kept beside the result itself."""
+"""Webhook delivery state in Redis: one record per result, kept beside the result itself,
+and an index of pending deliveries through which lost delivery jobs are found again."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from core.keys import DELIVER_WEBHOOK_JOB, Keys, TaskRef
+from core.keys import (
+    ARQ_IN_PROGRESS_PREFIX,
+    ARQ_JOB_PREFIX,
+    ARQ_RETRY_PREFIX,
+    DELIVER_WEBHOOK_JOB,
+    Keys,
+    TaskRef,
+)
 from core.store import FollowUpJob, arq_job
 
 
@@ -58,10 +66,35 @@ def delivery_field(index: int) -> str:
     return f"w:{index}"
 
 
-# KEYS: task, queue, job, in-progress, retry. ARGV: field, state, task ttl s, next score ms
-# (or ''), job id, job ttl ms, wake channel. Records an attempt; then either puts the job back
-# in the queue for its next attempt (waking workers, so they know when it falls due), or
-# settles it.
+# Is this delivery job queued or leased? The one fragment of these scripts that knows the
+# queue's layout: a job waiting or running is in the queue ZSET (a running one scored at its
+# lease's end), and its in-progress key is the lease. Port this when the queue changes.
+_QUEUED_OR_LEASED = """
+local function queued_or_leased(queue, in_progress_prefix, id)
+  return redis.call('ZSCORE', queue, id) ~= false
+    or redis.call('EXISTS', in_progress_prefix .. id) == 1
+end
+"""
+
+# Every pending delivery a worker has seen is in an index (a ZSET of job ids, scored by when
+# the delivery is due), kept by the scripts below: the sweep reads it to find deliveries
+# whose job was lost. (A delivery is indexed when its job first loads it; until then its
+# job is freshly enqueued, beside the result, by the result's own script.)
+
+# KEYS: task, pending index. ARGV: result field, delivery field, job id, now ms.
+# The delivery job's view of its task (request, result item, delivery state).
+_LOAD = """
+local got = redis.call('HMGET', KEYS[1], 'req', ARGV[1], ARGV[2])
+if got[3] and cjson.decode(got[3]).state == 'pending' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+end
+return got
+"""
+
+# KEYS: task, queue, job, in-progress, retry, pending index. ARGV: field, state, task ttl s,
+# next score ms (or ''), job id, job ttl ms, wake channel. Records an attempt; then either
+# puts the job back in the queue for its next attempt (waking workers, so they know when it
+# falls due), or settles it.
 _RECORD = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -69,24 +102,34 @@ if ARGV[4] ~= '' then
   redis.call('DEL', KEYS[4])
   redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ARGV[6])
+  redis.call('ZADD', KEYS[6], ARGV[4], ARGV[5])
   redis.call('PUBLISH', ARGV[7], '1')
 else
   redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
   redis.call('ZREM', KEYS[2], ARGV[5])
+  redis.call('ZREM', KEYS[6], ARGV[5])
 end
 return 1
 """
 
-# KEYS: task, queue. ARGV: wake channel, now ms, task ttl s, then per result: field, state,
-# job id, job key, job payload, job ttl ms. Re-sends deliveries that are not pending.
-_RESEND = """
+# KEYS: task, queue, pending index. ARGV: wake channel, now ms, task ttl s, in-progress
+# prefix, retry prefix, then per result: field, state, job id, job key, job payload, job ttl
+# ms. Re-sends deliveries that are not on their way: delivered, failed, or pending with a
+# job that is neither queued nor leased (lost).
+_RESEND = (
+    _QUEUED_OR_LEASED
+    + """
 local resent = {}
-for i = 4, #ARGV, 6 do
+for i = 6, #ARGV, 6 do
   local current = redis.call('HGET', KEYS[1], ARGV[i])
-  if current and cjson.decode(current).state ~= 'pending' then
+  local id = ARGV[i + 2]
+  if current and (cjson.decode(current).state ~= 'pending'
+      or not queued_or_leased(KEYS[2], ARGV[4], id)) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5])
-    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i + 2])
+    redis.call('DEL', ARGV[5] .. id)
+    redis.call('ZADD', KEYS[2], ARGV[2], id)
+    redis.call('ZADD', KEYS[3], ARGV[2], id)
     resent[#resent + 1] = ARGV[i]
   end
 end
@@ -96,6 +139,36 @@ if #resent > 0 then
 end
 return resent
 """
+)
+
+# KEYS: queue, pending index. ARGV: now ms, in-progress prefix, retry prefix, job prefix,
+# task-key head, wake channel, job ttl ms, then per overdue entry: job id, job payload.
+# Drops index entries no longer pending (or whose task is gone), looks again later at those
+# on their way, and enqueues again those whose job was lost. Returns the ids enqueued.
+_REVIVE = (
+    _QUEUED_OR_LEASED
+    + """
+local revived = {}
+for i = 8, #ARGV, 2 do
+  local id = ARGV[i]
+  local head, index = string.match(id, '^(.*):(%d+):webhook$')
+  local current = head and redis.call('HGET', ARGV[5] .. head .. '}', 'w:' .. index)
+  if not current or cjson.decode(current).state ~= 'pending' then
+    redis.call('ZREM', KEYS[2], id)
+  elseif queued_or_leased(KEYS[1], ARGV[2], id) then
+    redis.call('ZADD', KEYS[2], ARGV[1], id)
+  else
+    redis.call('SET', ARGV[4] .. id, ARGV[i + 1], 'PX', ARGV[7])
+    redis.call('DEL', ARGV[3] .. id)
+    redis.call('ZADD', KEYS[1], ARGV[1], id)
+    redis.call('ZADD', KEYS[2], ARGV[1], id)
+    revived[#revived + 1] = id
+  end
+end
+if #revived > 0 then redis.call('PUBLISH', ARGV[6], '1') end
+return revived
+"""
+)
 
 
 @dataclass(slots=True)
@@ -112,8 +185,10 @@ class DeliveryStore:
         self.retention_s = retention_s
         # A delivery job must outlive its whole schedule, then the retention period.
         self.job_ttl_ms = int((schedule_s + retention_s) * 1000)
+        self._load = redis.register_script(_LOAD)
         self._record = redis.register_script(_RECORD)
         self._resend = redis.register_script(_RESEND)
+        self._revive = redis.register_script(_REVIVE)
 
     def first_job(self, ref: TaskRef, index: int) -> FollowUpJob:
         """The delivery job a final result enqueues (core.store.TaskStore.finish_result)."""
@@ -128,8 +203,14 @@ class DeliveryStore:
 
     async def load(self, ref: TaskRef, index: int) -> PendingDelivery | None:
         """The URL, the result item and the delivery state, or None if any is gone."""
-        req, item, state = await self._redis.hmget(  # type: ignore[misc]
-            self.keys.task(ref), ["req", f"r:{index}", delivery_field(index)]
+        req, item, state = await self._load(
+            keys=[self.keys.task(ref), self.keys.pending_deliveries],
+            args=[
+                f"r:{index}",
+                delivery_field(index),
+                self.keys.delivery_job_id(ref, index),
+                _now_ms(),
+            ],
         )
         if req is None or item is None or state is None:
             return None
@@ -152,6 +233,7 @@ class DeliveryStore:
                 self.keys.job(job_id),
                 self.keys.in_progress(job_id),
                 self.keys.retry(job_id),
+                self.keys.pending_deliveries,
             ],
             args=[
                 delivery_field(index),
@@ -165,9 +247,16 @@ class DeliveryStore:
         )
 
     async def resend(self, ref: TaskRef, states: dict[int, DeliveryState]) -> list[int]:
-        """Start a new schedule for the given results' deliveries (those not pending)."""
+        """Start a new schedule for the given results' deliveries: those delivered or failed,
+        and those pending whose job was lost (one on its way is left alone)."""
         now = time.time()
-        args: list[Any] = [self.keys.wake, int(now * 1000), self.retention_s]
+        args: list[Any] = [
+            self.keys.wake,
+            int(now * 1000),
+            self.retention_s,
+            ARQ_IN_PROGRESS_PREFIX,
+            ARQ_RETRY_PREFIX,
+        ]
         for index, state in states.items():
             job = self.first_job(ref, index)
             args += [
@@ -178,5 +267,50 @@ class DeliveryStore:
                 arq_job(job.function, job.args, int(now * 1000)),
                 self.job_ttl_ms,
             ]
-        resent = await self._resend(keys=[self.keys.task(ref), self.keys.queue], args=args)
+        resent = await self._resend(
+            keys=[self.keys.task(ref), self.keys.queue, self.keys.pending_deliveries], args=args
+        )
         return [int(field.decode().removeprefix("w:")) for field in resent]
+
+    async def claim_sweep(self, hold_s: float) -> bool:
+        """Whether this process sweeps now: one sweeper per `hold_s` across all workers."""
+        taken = await self._redis.set(
+            self.keys.delivery_sweep_lock, "1", nx=True, px=max(int(hold_s * 1000), 1)
+        )
+        return bool(taken)
+
+    async def revive_overdue(self, overdue_s: float, limit: int = 200) -> list[str]:
+        """Enqueue again pending deliveries due more than `overdue_s` ago whose job is
+        neither queued nor leased (it was lost); the job ids enqueued."""
+        now = _now_ms()
+        overdue: list[bytes] = await self._redis.zrangebyscore(
+            self.keys.pending_deliveries, "-inf", now - int(overdue_s * 1000), start=0, num=limit
+        )
+        if not overdue:
+            return []
+        args: list[Any] = [
+            now,
+            ARQ_IN_PROGRESS_PREFIX,
+            ARQ_RETRY_PREFIX,
+            ARQ_JOB_PREFIX,
+            self.keys.task_head,
+            self.keys.wake,
+            self.job_ttl_ms,
+        ]
+        for raw in overdue:
+            job_id = raw.decode()
+            args += [job_id, _revived_job(job_id, now)]
+        revived = await self._revive(
+            keys=[self.keys.queue, self.keys.pending_deliveries], args=args
+        )
+        return [job_id.decode() for job_id in revived]
+
+
+def _revived_job(job_id: str, now_ms: int) -> str:
+    """The arq payload of a delivery job, rebuilt from its id ("<owner>:<uuid>:<i>:webhook")."""
+    owner, uuid, index, _ = job_id.rsplit(":", 3)
+    return arq_job(DELIVER_WEBHOOK_JOB, [owner, uuid, int(index) if index.isdigit() else 0], now_ms)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=15.0, gt=0)
     webhook_max_response_bytes: int = Field(default=4096, ge=0)
     webhook_rotation_window_s: float = Field(default=24 * 3600, ge=0)
+    # How often one worker looks for pending deliveries overdue by more than this whose job
+    # was lost (neither queued nor leased), and enqueues them again.
+    webhook_sweep_interval_s: float = Field(default=30.0, gt=0)
     # CIDRs user URLs may reach although not public (development and tests only).
     outbound_allow_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
     outbound_resolve_timeout_s: float = Field(default=2.0, gt=0)

@@ -37,7 +37,7 @@ from worker.providers.segmind import SegmindAdapter
 from worker.queue import QueueWorker, json_deserializer, json_serializer
 from worker.retry import RetryPolicy
 from worker.routing import RouteHealth
-from worker.webhooks import WebhookDeliverer, deliver_webhook
+from worker.webhooks import WebhookDeliverer, deliver_webhook, sweep_overdue
 
 log = structlog.get_logger("taskwire.worker")
 
@@ -117,9 +117,16 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             max_response_bytes=settings.webhook_max_response_bytes,
         ),
     )
+    ctx["webhook_sweep"] = asyncio.create_task(
+        sweep_overdue(ctx["deps"].webhooks.deliveries, settings.webhook_sweep_interval_s),
+        name="webhook-sweep",
+    )
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    sweep: asyncio.Task[None] | None = ctx.get("webhook_sweep")
+    if sweep is not None:
+        sweep.cancel()
     client: httpx.AsyncClient | None = ctx.get("http")
     if client is not None:
         await client.aclose()

@@ -279,3 +279,84 @@ def test_worker_killed_during_delivery(make_stack: StackFactory) -> None:
         assert first.headers["webhook-id"] == second.headers["webhook-id"]
         assert state["state"] == "delivered"
         api.close()
+
+
+def lose_delivery_job(stack: Stack, task_uuid: str) -> None:
+    """What a lost delivery job looks like: the delivery is still pending, but its arq job
+    is neither queued nor leased (arq dropped it after an error, say)."""
+    client = stack.redis_client()
+    [job_id] = [
+        raw.decode()
+        for raw in client.zrange("tw:queue", 0, -1)
+        if raw.decode().endswith(f":{task_uuid}:0:webhook")
+    ]
+    client.zrem("tw:queue", job_id)
+    client.delete(f"arq:job:{job_id}", f"arq:in-progress:{job_id}")
+    client.close()
+
+
+def redeliver(api: Api, task_uuid: str) -> dict[str, Any]:
+    response = api.http.post(
+        f"/v1/tasks/{task_uuid}/webhooks/redeliver", headers={"Authorization": f"Bearer {KEY_A}"}
+    )
+    assert response.status_code in (200, 202), response.text
+    [item] = response.json()["data"]
+    assert response.status_code == (202 if item["resent"] else 200)
+    return dict(item)
+
+
+def pending_after_first_attempt(api: Api, receiver: Receiver, path: str) -> str:
+    """A task whose delivery failed once and waits (on the schedule) for its next attempt."""
+    url = receiver.answer(path, (500, {}, 0), (200, {}, 0))
+    task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+    api.post([task])
+    wait_for(lambda: webhook_state(api, task["taskUUID"])[0].get("attempts") == 1, 20, "attempt 1")
+    return str(task["taskUUID"])
+
+
+SLOW_SCHEDULE = {**WEBHOOK_ENV, "TASKWIRE_WEBHOOK_SCHEDULE_S": "0,2,2"}
+
+
+def test_a_delivery_whose_job_was_lost_is_found_by_the_sweep(make_stack: StackFactory) -> None:
+    with running_receiver() as receiver:
+        stack = make_stack(env={**SLOW_SCHEDULE, "TASKWIRE_WEBHOOK_SWEEP_INTERVAL_S": "0.5"})
+        api = Api(stack)
+        task_uuid = pending_after_first_attempt(api, receiver, "/lost")
+        lose_delivery_job(stack, task_uuid)
+        [state] = wait_state(api, task_uuid, "delivered")
+        assert state["attempts"] == 2
+        assert len(receiver.requests("/lost")) == 2
+        client = stack.redis_client()
+        assert client.zcard("tw:webhooks:pending") == 0  # the index forgets settled ones
+        client.close()
+        api.close()
+
+
+def test_redeliver_resends_delivered_and_stuck_but_not_those_on_their_way(
+    make_stack: StackFactory,
+) -> None:
+    with running_receiver() as receiver:
+        stack = make_stack(
+            env={
+                **WEBHOOK_ENV,
+                "TASKWIRE_WEBHOOK_SCHEDULE_S": "0,10,10",
+                "TASKWIRE_WEBHOOK_SWEEP_INTERVAL_S": "3600",
+            }
+        )
+        api = Api(stack)
+        task_uuid = pending_after_first_attempt(api, receiver, "/stuck")
+        # pending with its job queued for the next attempt: already on its way
+        item = redeliver(api, task_uuid)
+        assert (item["resent"], item["webhook"]["state"]) == (False, "pending")
+        # pending with its job lost: stuck, and re-sent on request
+        lose_delivery_job(stack, task_uuid)
+        assert redeliver(api, task_uuid)["resent"] is True
+        [state] = wait_state(api, task_uuid, "delivered")
+        assert state["attempts"] == 2
+        # delivered: re-sent on request too (a receiver that lost it asks again)
+        assert redeliver(api, task_uuid)["resent"] is True
+        wait_for(lambda: len(receiver.requests("/stuck")) == 3, 20, "the re-sent delivery")
+        [state] = wait_state(api, task_uuid, "delivered")
+        assert state["attempts"] == 3
+        assert len({r.headers["webhook-id"] for r in receiver.requests("/stuck")}) == 1
+        api.close()
