@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     # reconnect with Last-Event-ID and resume where they were.
     sse_max_lifetime_s: float = Field(default=300.0, gt=0)
     stream_token_ttl_s: int = Field(default=3600, ge=1)
-    # Signs streamURL tokens. Unset: a random secret kept in Redis, shared by all API processes.
+    # Signs stream links and imageURLs. Unset: a random secret kept in Redis, shared by every
+    # API and worker process.
     stream_token_secret: SecretStr | None = None
 
     # --- webhooks and the outbound guard
