@@ -89,7 +89,7 @@ def test_stream_wire_format(api: Api) -> None:
 
 
 def test_usage_and_cost_only_when_asked(api: Api) -> None:
-    task = text_task("[[sim:tokens=5]]", deliveryMethod="stream")
+    task = text_task("[[sim:tokens=5]]", deliveryMethod="stream", includeCost=False)
     _, raw = stream_post(api, task)
     events = parse_strict(raw).events
     [final] = [e.json for e in events if not e.done and "finishReason" in e.json]
