@@ -51,6 +51,16 @@ class Price(BaseModel):
 
 
 AdapterName = Literal["openai-chat", "openai-responses", "segmind", "runware"]
+ThinkingLevel = Literal["off", "low", "medium", "high"]
+
+# Whether an adapter's upstream API continues a conversation that ends with an assistant
+# message (a prefill), when the route does not say (docs/providers.md gives the reasons).
+PREFILL_BY_ADAPTER: dict[str, bool] = {
+    "openai-chat": True,
+    "openai-responses": False,
+    "segmind": False,
+    "runware": True,
+}
 
 
 class Route(BaseModel):
@@ -74,6 +84,15 @@ class Route(BaseModel):
     # Image URLs from clients: fetched by taskwire (through the outbound guard) and sent
     # inline, or passed to the provider as URLs.
     image_urls: Literal["fetch", "pass"] = "fetch"
+    # Whether this route takes a conversation ending with an assistant message (a prefill);
+    # unset, the adapter's default (PREFILL_BY_ADAPTER).
+    assistant_prefill: bool | None = None
+
+    @property
+    def allows_prefill(self) -> bool:
+        if self.assistant_prefill is not None:
+            return self.assistant_prefill
+        return PREFILL_BY_ADAPTER[self.adapter]
 
     def cost_rank(self) -> float:
         """A route's price for ordering cheapest-first (input plus output per million);
@@ -96,6 +115,17 @@ class Route(BaseModel):
         return env.get(self.api_key_env) or None
 
 
+class Capabilities(BaseModel):
+    """What a model can do, as GET /v1/models shows it (unset: nothing beyond text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_input: bool = False
+    tools: bool = False
+    structured_output: bool = False
+    thinking_levels: tuple[ThinkingLevel, ...] = ()
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -104,8 +134,14 @@ class ModelSpec(BaseModel):
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(gt=0)
     price: Price
+    capabilities: Capabilities = Field(default_factory=Capabilities)
     routing: Literal["ordered", "cheapest"] = "ordered"
     routes: tuple[Route, ...] = Field(min_length=1)
+
+    @property
+    def allows_prefill(self) -> bool:
+        """Some route of the model continues a conversation ending with an assistant message."""
+        return any(route.allows_prefill for route in self.routes)
 
 
 class Catalog:

@@ -1,4 +1,5 @@
-"""Webhook delivery state in Redis: one record per result, kept beside the result itself."""
+"""Webhook delivery state in Redis: one record per result, kept beside the result itself,
+and an index of pending deliveries through which lost delivery jobs are found again."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from core.keys import ARQ_IN_PROGRESS_PREFIX, DELIVER_WEBHOOK_JOB, Keys, TaskRef
+from core.keys import (
+    ARQ_IN_PROGRESS_PREFIX,
+    ARQ_JOB_PREFIX,
+    ARQ_RETRY_PREFIX,
+    DELIVER_WEBHOOK_JOB,
+    Keys,
+    TaskRef,
+)
 from core.scheduler import LUA_LIB
 from core.store import FollowUpJob, arq_job
 
@@ -59,10 +67,25 @@ def delivery_field(index: int) -> str:
     return f"w:{index}"
 
 
-# KEYS: task, job, retry. ARGV: queue prefix, field, state, task ttl s, next score ms (or
-# ''), job id, job ttl ms, wake channel, now ms, in-progress prefix. Records an attempt; then
-# either puts the job back in the queue for its next attempt (waking workers, so they know
-# when it falls due), or settles it.
+# Every pending delivery a worker has seen is in an index (a ZSET of job ids, scored by when
+# the delivery is due), kept by the scripts below: the sweep reads it to find deliveries
+# whose job was lost. (A delivery is indexed when its job first loads it; until then its
+# job is freshly enqueued, beside the result, by the result's own script.)
+
+# KEYS: task, pending index. ARGV: result field, delivery field, job id, now ms.
+# The delivery job's view of its task (request, result item, delivery state).
+_LOAD = """
+local got = redis.call('HMGET', KEYS[1], 'req', ARGV[1], ARGV[2])
+if got[3] and cjson.decode(got[3]).state == 'pending' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+end
+return got
+"""
+
+# KEYS: task, job, retry, pending index. ARGV: queue prefix, field, state, task ttl s, next
+# score ms (or ''), job id, job ttl ms, wake channel, now ms, in-progress prefix. Records an
+# attempt; then either puts the job back in the queue for its next attempt (waking workers,
+# so they know when it falls due), or settles it.
 _RECORD = (
     LUA_LIB
     + """
@@ -71,27 +94,35 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 if ARGV[5] ~= '' then
   reschedule('h', ARGV[6], ARGV[5], ARGV[9], ARGV[10])
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[6])
   redis.call('PUBLISH', ARGV[8], '1')
 else
   redis.call('DEL', KEYS[2], KEYS[3])
   settle('h', ARGV[6], ARGV[10])
+  redis.call('ZREM', KEYS[4], ARGV[6])
 end
 return 1
 """
 )
 
-# KEYS: task. ARGV: queue prefix, wake channel, now ms, task ttl s, then per result: field,
-# state, job id, job key, job payload, job ttl ms. Re-sends deliveries that are not pending.
+# KEYS: task, pending index. ARGV: queue prefix, wake channel, now ms, task ttl s,
+# in-progress prefix, retry prefix, then per result: field, state, job id, job key, job
+# payload, job ttl ms. Re-sends deliveries that are not on their way: delivered, failed, or
+# pending with a job that is neither queued nor leased (lost).
 _RESEND = (
     LUA_LIB
     + """
 local resent = {}
-for i = 5, #ARGV, 6 do
+for i = 7, #ARGV, 6 do
   local current = redis.call('HGET', KEYS[1], ARGV[i])
-  if current and cjson.decode(current).state ~= 'pending' then
+  local id = ARGV[i + 2]
+  if current and (cjson.decode(current).state ~= 'pending'
+      or not queued_or_leased('h', id, ARGV[5])) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5])
-    enqueue('h', ARGV[i + 2], ARGV[3], ARGV[3])
+    redis.call('DEL', ARGV[6] .. id)
+    enqueue('h', id, ARGV[3], ARGV[3])
+    redis.call('ZADD', KEYS[2], ARGV[3], id)
     resent[#resent + 1] = ARGV[i]
   end
 end
@@ -100,6 +131,35 @@ if #resent > 0 then
   redis.call('PUBLISH', ARGV[2], '1')
 end
 return resent
+"""
+)
+
+# KEYS: pending index. ARGV: queue prefix, now ms, in-progress prefix, retry prefix, job
+# prefix, task-key head, wake channel, job ttl ms, then per overdue entry: job id, job
+# payload. Drops index entries no longer pending (or whose task is gone), looks again later
+# at those on their way, and enqueues again those whose job was lost. Returns those ids.
+_REVIVE = (
+    LUA_LIB
+    + """
+local revived = {}
+for i = 9, #ARGV, 2 do
+  local id = ARGV[i]
+  local head, index = string.match(id, '^(.*):(%d+):webhook$')
+  local current = head and redis.call('HGET', ARGV[6] .. head .. '}', 'w:' .. index)
+  if not current or cjson.decode(current).state ~= 'pending' then
+    redis.call('ZREM', KEYS[1], id)
+  elseif queued_or_leased('h', id, ARGV[3]) then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+  else
+    redis.call('SET', ARGV[5] .. id, ARGV[i + 1], 'PX', ARGV[8])
+    redis.call('DEL', ARGV[4] .. id)
+    enqueue('h', id, ARGV[2], ARGV[2])
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    revived[#revived + 1] = id
+  end
+end
+if #revived > 0 then redis.call('PUBLISH', ARGV[7], '1') end
+return revived
 """
 )
 
@@ -118,8 +178,10 @@ class DeliveryStore:
         self.retention_s = retention_s
         # A delivery job must outlive its whole schedule, then the retention period.
         self.job_ttl_ms = int((schedule_s + retention_s) * 1000)
+        self._load = redis.register_script(_LOAD)
         self._record = redis.register_script(_RECORD)
         self._resend = redis.register_script(_RESEND)
+        self._revive = redis.register_script(_REVIVE)
 
     def first_job(self, ref: TaskRef, index: int) -> FollowUpJob:
         """The delivery job a final result enqueues (core.store.TaskStore.finish_result)."""
@@ -130,12 +192,19 @@ class DeliveryStore:
             ttl_ms=self.job_ttl_ms,
             field=delivery_field(index),
             value=DeliveryState(next_at=time.time()).to_json(),
+            index_key=self.keys.pending_deliveries,
         )
 
     async def load(self, ref: TaskRef, index: int) -> PendingDelivery | None:
         """The URL, the result item and the delivery state, or None if any is gone."""
-        req, item, state = await self._redis.hmget(  # type: ignore[misc]
-            self.keys.task(ref), ["req", f"r:{index}", delivery_field(index)]
+        req, item, state = await self._load(
+            keys=[self.keys.task(ref), self.keys.pending_deliveries],
+            args=[
+                f"r:{index}",
+                delivery_field(index),
+                self.keys.delivery_job_id(ref, index),
+                _now_ms(),
+            ],
         )
         if req is None or item is None or state is None:
             return None
@@ -152,7 +221,12 @@ class DeliveryStore:
         next_score = "" if retry_in_s is None else str(int((time.time() + retry_in_s) * 1000))
         task_ttl = self.retention_s + int(retry_in_s or 0)
         await self._record(
-            keys=[self.keys.task(ref), self.keys.job(job_id), self.keys.retry(job_id)],
+            keys=[
+                self.keys.task(ref),
+                self.keys.job(job_id),
+                self.keys.retry(job_id),
+                self.keys.pending_deliveries,
+            ],
             args=[
                 self.keys.queue_prefix,
                 delivery_field(index),
@@ -168,13 +242,16 @@ class DeliveryStore:
         )
 
     async def resend(self, ref: TaskRef, states: dict[int, DeliveryState]) -> list[int]:
-        """Start a new schedule for the given results' deliveries (those not pending)."""
+        """Start a new schedule for the given results' deliveries: those delivered or failed,
+        and those pending whose job was lost (one on its way is left alone)."""
         now = time.time()
         args: list[Any] = [
             self.keys.queue_prefix,
             self.keys.wake,
             int(now * 1000),
             self.retention_s,
+            ARQ_IN_PROGRESS_PREFIX,
+            ARQ_RETRY_PREFIX,
         ]
         for index, state in states.items():
             job = self.first_job(ref, index)
@@ -186,8 +263,48 @@ class DeliveryStore:
                 arq_job(job.function, job.args, int(now * 1000)),
                 self.job_ttl_ms,
             ]
-        resent = await self._resend(keys=[self.keys.task(ref)], args=args)
+        resent = await self._resend(
+            keys=[self.keys.task(ref), self.keys.pending_deliveries], args=args
+        )
         return [int(field.decode().removeprefix("w:")) for field in resent]
+
+    async def claim_sweep(self, hold_s: float) -> bool:
+        """Whether this process sweeps now: one sweeper per `hold_s` across all workers."""
+        taken = await self._redis.set(
+            self.keys.delivery_sweep_lock, "1", nx=True, px=max(int(hold_s * 1000), 1)
+        )
+        return bool(taken)
+
+    async def revive_overdue(self, overdue_s: float, limit: int = 200) -> list[str]:
+        """Enqueue again pending deliveries due more than `overdue_s` ago whose job is
+        neither queued nor leased (it was lost); the job ids enqueued."""
+        now = _now_ms()
+        overdue: list[bytes] = await self._redis.zrangebyscore(
+            self.keys.pending_deliveries, "-inf", now - int(overdue_s * 1000), start=0, num=limit
+        )
+        if not overdue:
+            return []
+        args: list[Any] = [
+            self.keys.queue_prefix,
+            now,
+            ARQ_IN_PROGRESS_PREFIX,
+            ARQ_RETRY_PREFIX,
+            ARQ_JOB_PREFIX,
+            self.keys.task_head,
+            self.keys.wake,
+            self.job_ttl_ms,
+        ]
+        for raw in overdue:
+            job_id = raw.decode()
+            args += [job_id, _revived_job(job_id, now)]
+        revived = await self._revive(keys=[self.keys.pending_deliveries], args=args)
+        return [job_id.decode() for job_id in revived]
+
+
+def _revived_job(job_id: str, now_ms: int) -> str:
+    """The arq payload of a delivery job, rebuilt from its id ("<owner>:<uuid>:<i>:webhook")."""
+    owner, uuid, index, _ = job_id.rsplit(":", 3)
+    return arq_job(DELIVER_WEBHOOK_JOB, [owner, uuid, int(index) if index.isdigit() else 0], now_ms)
 
 
 def _now_ms() -> int:

@@ -139,10 +139,13 @@ class GuardedClient:
     ) -> GuardedResponse:
         """One request under the deadline. The body is read up to `max_body_bytes`; past
         that it is cut off (or, with `fail_if_larger`, BodyTooLarge is raised)."""
-        split_url(url)  # scheme and host first: OutboundRefused before any lookup
+        # Parsed once, here, by httpx's own parser: the client is given this very URL, so the
+        # host the backend checks is the host this parse found (OutboundRefused for a URL
+        # httpx cannot represent, before any lookup).
+        parsed = split_url(url)
         async with asyncio.timeout(self.deadline_s):
             async with self._client.stream(
-                method, url, content=content, headers=headers
+                method, parsed.url, content=content, headers=headers
             ) as response:
                 declared = response.headers.get("content-length", "")
                 if fail_if_larger and declared.isdigit() and int(declared) > max_body_bytes:

@@ -65,6 +65,16 @@ class Keys:
     def webhook_secret(self, owner: str) -> str:
         return f"{self.prefix}:whsec:{owner}"
 
+    @property
+    def pending_deliveries(self) -> str:
+        """ZSET of pending webhook delivery job ids, scored by when each is due (epoch ms)."""
+        return f"{self.prefix}:webhooks:pending"
+
+    @property
+    def delivery_sweep_lock(self) -> str:
+        """Held by the one worker sweeping overdue deliveries this interval."""
+        return f"{self.prefix}:webhooks:sweep"
+
     @staticmethod
     def job(job_id: str) -> str:
         return ARQ_JOB_PREFIX + job_id

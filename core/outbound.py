@@ -3,20 +3,25 @@
 Every URL a user gives us (webhooks, image URLs) is hostile until checked: only http and
 https; the host resolved once; every resolved address checked after unwrapping IPv4 carried
 inside IPv6 (mapped, compatible, NAT64, 6to4, Teredo); only globally routable unicast
-addresses pass, unless an operator allow-lists a range. Odd spellings of IPv4 literals
-(`2130706433`, `0x7f000001`, `0177.0.0.1`) are parsed the way `inet_aton` would, so what
-is checked is what a connection would reach. The caller connects to an address this module
-returned (core/http_guard.py does), never to a second lookup of the name.
+addresses pass, unless an operator allow-lists a range. A URL is parsed once, by httpx's
+own parser (`httpx.URL`), the one the HTTP client uses: what it cannot represent is refused,
+and the host checked is the host httpx will dial (IDNA-encoded, or a bare IP literal). Odd
+spellings of IPv4 literals that it lets through as names (`2130706433`, `0x7f000001`,
+`127.1`) are read the way `inet_aton` would, so what is checked is what a connection would
+reach. The caller connects to an address this module returned (core/http_guard.py does),
+never to a second lookup of the name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urlsplit
+
+import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str], Awaitable[list[str]]]
@@ -41,9 +46,19 @@ class Target:
 
     url: str
     scheme: str
-    host: str  # as written (lower-cased), the name TLS verifies
+    host: str  # as httpx dials it (see ParsedURL), the name TLS verifies
     port: int
     addresses: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedURL:
+    """A URL as httpx parsed it, once: give `url` to the client, check `host`."""
+
+    url: httpx.URL
+    scheme: str
+    host: str  # what httpcore passes to connect_tcp: an IDNA (ASCII) name or a bare IP
+    port: int
 
 
 def parse_ip_literal(host: str) -> IPAddress | None:
@@ -133,6 +148,8 @@ class OutboundPolicy:
             return f"{address} is carrier-grade NAT space"
         if isinstance(address, ipaddress.IPv6Address) and address in _UNIQUE_LOCAL:
             return f"{address} is IPv6 unique-local"
+        if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+            return f"{address} is IPv6 site-local (fec0::/10, deprecated but still routed)"
         if address.is_reserved:
             return f"{address} is reserved"
         if address.is_private:
@@ -152,20 +169,34 @@ async def system_resolver(host: str) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-def split_url(url: str) -> SplitResult:
-    """The URL's parts, if it is an absolute http(s) URL with a host; OutboundRefused if not."""
+# A host name httpx lets through that a resolver could look up: ASCII labels (after IDNA),
+# no percent-escapes, spaces or empty labels.
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+
+
+def split_url(url: str | httpx.URL) -> ParsedURL:
+    """The URL as httpx parses it, if it is an absolute http(s) URL with a host and port it
+    can dial; OutboundRefused if not."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+        host = parsed.raw_host.decode("ascii").lower()
+        parsed.host  # noqa: B018 (decodes IDNA labels, as the client does: bad A-labels raise)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        # ValueError covers idna's IDNAError and other UnicodeErrors
         raise OutboundRefused(f"not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https"):
+    if parsed.scheme not in ("http", "https"):
         raise OutboundRefused("only http and https URLs are allowed")
-    if not parts.hostname:
+    if not host:
         raise OutboundRefused("the URL has no host")
-    if port == 0:
-        raise OutboundRefused("port 0 is not allowed")
-    return parts
+    if ":" in host:  # an IPv6 literal (httpx checked it, bar a zone)
+        if "%" in host:
+            raise OutboundRefused("IPv6 zone identifiers are not allowed")
+    elif not _HOST_NAME.fullmatch(host):
+        raise OutboundRefused(f"{host!r} is not a valid host name")
+    port = (443 if parsed.scheme == "https" else 80) if parsed.port is None else parsed.port
+    if not 1 <= port <= 65535:
+        raise OutboundRefused(f"port {port} is not allowed")
+    return ParsedURL(parsed, parsed.scheme, host, port)
 
 
 async def resolve_checked(
@@ -199,8 +230,6 @@ async def check_url(
     url: str, policy: OutboundPolicy, resolver: Resolver = system_resolver
 ) -> Target:
     """Resolve a URL's host once and check every address; OutboundRefused says why not."""
-    parts = split_url(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    addresses = await resolve_checked(host, policy, resolver)
-    return Target(url, parts.scheme, host, port, addresses)
+    parsed = split_url(url)
+    addresses = await resolve_checked(parsed.host, policy, resolver)
+    return Target(url, parsed.scheme, parsed.host, parsed.port, addresses)

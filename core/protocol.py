@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -18,17 +22,39 @@ from pydantic import (
 from core.errors import InvalidRequest
 
 MAX_SEED = 2**63 - 1
+# Free-form JSON objects (providerSettings, jsonSchema, tool schemas, tool call inputs) may nest
+# this deep; deeper documents are refused (they are never a real schema or setting).
+MAX_JSON_DEPTH = 64
+# A UUID v4, hyphenated, in any letter case: the page says "UUID v4" and nothing more.
 TASK_UUID_PATTERN = re.compile(
-    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
 )
+
+
+def canonical_uuid(value: str) -> str:
+    """The one spelling of a taskUUID that keys, fingerprints and conflicts use."""
+    return value.lower()
 
 
 def _check_task_uuid(value: str) -> str:
     if not TASK_UUID_PATTERN.fullmatch(value):
-        raise ValueError(
-            "must be a UUID v4 in canonical lower-case hyphenated form, "
-            "e.g. 3f2b6c1e-7d4a-4e9b-9a1c-2b7e5d8f0a13"
-        )
+        raise ValueError("must be a hyphenated UUID v4, e.g. 3f2b6c1e-7d4a-4e9b-9a1c-2b7e5d8f0a13")
+    return value
+
+
+def _check_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    """At most MAX_JSON_DEPTH levels of nesting, and only finite numbers (JSON has no NaN)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ValueError("numbers must be finite (JSON has no NaN or Infinity)")
+        children = node.values() if isinstance(node, dict) else node
+        if not isinstance(node, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+        pending.extend((child, depth + 1) for child in children)
     return value
 
 
@@ -42,6 +68,7 @@ def _check_http_url(value: str) -> str:
 TaskUUID = Annotated[str, AfterValidator(_check_task_uuid)]
 HttpURL = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_check_http_url)]
 ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json_object)]
 
 
 class WireModel(BaseModel):
@@ -53,7 +80,7 @@ class WireModel(BaseModel):
 class ToolCall(WireModel):
     id: str = Field(min_length=1, max_length=256)
     name: ToolName
-    input: dict[str, Any]
+    input: JsonObject
 
 
 class Message(WireModel):
@@ -83,10 +110,76 @@ class Message(WireModel):
 
 
 class Tool(WireModel):
+    """A function tool, and the one form every adapter reads: the function's JSON Schema is
+    `parameters` here, sent as `schema` or `parameters` (serialised as `schema`)."""
+
     type: Literal["function"]
     name: ToolName
     description: str = Field(default="", max_length=8192)
-    parameters: dict[str, Any] = Field(alias="schema")
+    parameters: JsonObject = Field(
+        validation_alias=AliasChoices("schema", "parameters"), serialization_alias="schema"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_schema(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "schema" in data and "parameters" in data:
+                raise ValueError("give the function's JSON Schema once: `schema` or `parameters`")
+            if "schema" not in data and "parameters" not in data:
+                raise ValueError("a tool needs its function's JSON Schema under `schema`")
+        return data
+
+
+class ToolFunction(WireModel):
+    name: ToolName
+    description: str = Field(default="", max_length=8192)
+    parameters: JsonObject = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class FunctionTool(WireModel):
+    """OpenAI's shape, `{"type": "function", "function": {name, description, parameters}}`."""
+
+    type: Literal["function"]
+    function: ToolFunction
+
+    def flat(self) -> Tool:
+        return Tool.model_validate(
+            {
+                "type": "function",
+                "name": self.function.name,
+                "description": self.function.description,
+                "parameters": self.function.parameters,
+            }
+        )
+
+
+# Union tags appear in pydantic's error locations; errors_from_validation drops them so a
+# parameter reads as the client wrote it (`tools.0.function.name`).
+_UNION_TAGS = frozenset({"<tool>", "<function tool>"})
+
+
+def _tool_shape(value: Any) -> str:
+    is_function = isinstance(value, FunctionTool) or (
+        isinstance(value, dict) and "function" in value
+    )
+    return "<function tool>" if is_function else "<tool>"
+
+
+AnyTool = Annotated[
+    Annotated[Tool, Tag("<tool>")] | Annotated[FunctionTool, Tag("<function tool>")],
+    Discriminator(_tool_shape),
+]
+
+
+def _tools_as_one_form(tools: list[Tool | FunctionTool]) -> list[Tool | FunctionTool]:
+    return [tool.flat() if isinstance(tool, FunctionTool) else tool for tool in tools]
+
+
+# Validated tools are all `Tool`s (so stored requests hold one form); the union is the input.
+ToolList = Annotated[
+    list[AnyTool], Field(min_length=1, max_length=128), AfterValidator(_tools_as_one_form)
+]
 
 
 class ToolChoice(WireModel):
@@ -113,7 +206,7 @@ class TaskSettings(WireModel):
     frequencyPenalty: float | None = Field(default=None, ge=-2, le=2)
     presencePenalty: float | None = Field(default=None, ge=-2, le=2)
     thinkingLevel: Literal["off", "low", "medium", "high"] | None = None
-    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=128)
+    tools: ToolList | None = None
     toolChoice: ToolChoice | None = None
 
 
@@ -129,25 +222,26 @@ class TextInferenceTask(WireModel):
     deliveryMethod: Literal["sync", "async", "stream"] = "sync"
     numberResults: int = Field(default=1, ge=1, le=4)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    includeCost: bool = False
+    includeCost: bool = True
     includeUsage: bool = False
     webhookURL: HttpURL | None = None
     inputs: Inputs | None = None
     settings: TaskSettings = Field(default_factory=TaskSettings)
-    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=128)
+    tools: ToolList | None = None
     toolChoice: ToolChoice | None = None
     outputFormat: Literal["TEXT", "JSON"] = "TEXT"
-    jsonSchema: dict[str, Any] | None = None
-    providerSettings: dict[str, Any] | None = None
+    jsonSchema: JsonObject | None = None
+    providerSettings: JsonObject | None = None
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> TextInferenceTask:
-        last = len(self.messages) - 1
-        if self.messages[last].role not in ("user", "tool"):
+        last = self.messages[-1]
+        if last.role == "system" or (last.role == "assistant" and last.tools is not None):
             raise InvalidRequest(
-                "The last message must have role `user` or `tool`.",
+                "The last message must have role `user` or `tool`, or be an `assistant` "
+                "message with `content` only (a prefill the model continues).",
                 code="invalidMessages",
-                parameter=f"messages.{last}.role",
+                parameter=f"messages.{len(self.messages) - 1}.role",
             )
         if self.seed is not None and self.seed + self.numberResults - 1 > MAX_SEED:
             raise InvalidRequest(
@@ -157,31 +251,17 @@ class TextInferenceTask(WireModel):
             )
         if self.tools is not None and self.settings.tools is not None:
             raise InvalidRequest(
-                "Give `tools` once: at the top level (settings.tools is deprecated).",
+                "Give `tools` once: under `settings` or at the top level, not both.",
                 code="invalidTools",
                 parameter="settings.tools",
             )
         if self.toolChoice is not None and self.settings.toolChoice is not None:
             raise InvalidRequest(
-                "Give `toolChoice` once: at the top level (settings.toolChoice is deprecated).",
+                "Give `toolChoice` once: under `settings` or at the top level, not both.",
                 code="invalidToolChoice",
                 parameter="settings.toolChoice",
             )
-        choice = self.effective_tool_choice
-        names = {tool.name for tool in self.effective_tools or ()}
-        if choice is not None and choice.type != "none" and not names:
-            raise InvalidRequest(
-                f'toolChoice "{choice.type}" needs `tools`.',
-                code="invalidToolChoice",
-                parameter="toolChoice",
-            )
-        if choice is not None and choice.name is not None and choice.name not in names:
-            raise InvalidRequest(
-                f"toolChoice names {choice.name!r}, which is not among the tools "
-                f"({', '.join(sorted(names))}).",
-                code="invalidToolChoice",
-                parameter="toolChoice.name",
-            )
+        self._check_tool_choice()
         if self.jsonSchema is not None and self.outputFormat != "JSON":
             raise InvalidRequest(
                 '`jsonSchema` needs `outputFormat: "JSON"`.',
@@ -190,9 +270,37 @@ class TextInferenceTask(WireModel):
             )
         return self
 
+    def _check_tool_choice(self) -> None:
+        choice = self.effective_tool_choice
+        if choice is None:
+            return
+        where = "toolChoice" if self.toolChoice is not None else "settings.toolChoice"
+        names = {tool.name for tool in self.effective_tools or ()}
+        if choice.type != "none" and not names:
+            raise InvalidRequest(
+                f'toolChoice "{choice.type}" needs `tools`.',
+                code="invalidToolChoice",
+                parameter=where,
+            )
+        if choice.name is not None and choice.name not in names:
+            raise InvalidRequest(
+                f"toolChoice names {choice.name!r}, which is not among the tools "
+                f"({', '.join(sorted(names))}).",
+                code="invalidToolChoice",
+                parameter=f"{where}.name",
+            )
+
     @property
     def effective_tools(self) -> list[Tool] | None:
-        return self.tools if self.tools is not None else self.settings.tools
+        tools = self.tools if self.tools is not None else self.settings.tools
+        if tools is None:
+            return None
+        return [tool if isinstance(tool, Tool) else tool.flat() for tool in tools]
+
+    @property
+    def ends_with_prefill(self) -> bool:
+        """The conversation ends with an assistant message the model is to continue."""
+        return self.messages[-1].role == "assistant"
 
     @property
     def effective_tool_choice(self) -> ToolChoice | None:
@@ -279,7 +387,7 @@ def errors_from_validation(exc: ValidationError, root: type[BaseModel]) -> list[
     """Translate pydantic errors into protocol errors: code from the field, dotted parameter."""
     found: list[InvalidRequest] = []
     for error in exc.errors(include_url=False):
-        loc = list(error["loc"])
+        loc = [part for part in error["loc"] if part not in _UNION_TAGS]
         parameter = ".".join(str(part) for part in loc)
         names = [part for part in loc if isinstance(part, str)]
         field = names[-1] if names else "request"

@@ -106,6 +106,15 @@ local function reschedule(c, job, due, now, inprog)
   enqueue(c, job, due, now)
 end
 
+-- whether a job is waiting, scheduled or running (its lease, or its in-progress key)
+local function queued_or_leased(c, job, inprog)
+  local m = c .. '|' .. job
+  return redis.call('ZSCORE', QP .. 'ready:' .. c .. ':' .. owner_of(job), job) ~= false
+    or redis.call('ZSCORE', QP .. 'delayed', m) ~= false
+    or redis.call('ZSCORE', QP .. 'leases', m) ~= false
+    or redis.call('EXISTS', inprog .. job) == 1
+end
+
 -- take a job out of the queue before it ran; true if it was waiting there
 local function unqueue(c, job)
   local o = owner_of(job)

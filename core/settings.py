@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     task_retention_s: int = Field(default=24 * 3600, ge=60)
     max_queue_depth: int = Field(default=200_000, ge=1)
     catalog_path: Path = PROJECT_ROOT / "deploy" / "models.toml"
+    # The absolute base URL clients reach the API at (e.g. https://api.example.com): links in
+    # responses (stream links, imageURL) are built on it, and workers hand upstreams signed
+    # image URLs on it. Unset: the API's own listening address, or the X-Forwarded-Host /
+    # -Proto of a trusted proxy (never a client's Host header alone).
+    public_base_url: str | None = None
+    # CIDRs of reverse proxies whose X-Forwarded-Proto / -Host / -For are believed.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- event streams and server-sent events
     # Deltas are appended when this much text has gathered or when the oldest unsent one has
@@ -45,7 +52,8 @@ class Settings(BaseSettings):
     # reconnect with Last-Event-ID and resume where they were.
     sse_max_lifetime_s: float = Field(default=300.0, gt=0)
     stream_token_ttl_s: int = Field(default=3600, ge=1)
-    # Signs streamURL tokens. Unset: a random secret kept in Redis, shared by all API processes.
+    # Signs stream links and imageURLs. Unset: a random secret kept in Redis, shared by every
+    # API and worker process.
     stream_token_secret: SecretStr | None = None
 
     # --- webhooks and the outbound guard
@@ -57,6 +65,9 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=15.0, gt=0)
     webhook_max_response_bytes: int = Field(default=4096, ge=0)
     webhook_rotation_window_s: float = Field(default=24 * 3600, ge=0)
+    # How often one worker looks for pending deliveries overdue by more than this whose job
+    # was lost (neither queued nor leased), and enqueues them again.
+    webhook_sweep_interval_s: float = Field(default=30.0, gt=0)
     # CIDRs user URLs may reach although not public (development and tests only).
     outbound_allow_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
     outbound_resolve_timeout_s: float = Field(default=2.0, gt=0)
@@ -101,7 +112,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("api_keys", "webhook_schedule_s", "outbound_allow_cidrs", mode="before")
+    @field_validator(
+        "api_keys", "webhook_schedule_s", "outbound_allow_cidrs", "trusted_proxies", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -115,7 +128,7 @@ class Settings(BaseSettings):
             raise ValueError("the webhook schedule needs at least one delay, none negative")
         return value
 
-    @field_validator("outbound_allow_cidrs")
+    @field_validator("outbound_allow_cidrs", "trusted_proxies")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         import ipaddress
@@ -123,6 +136,20 @@ class Settings(BaseSettings):
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"public_base_url must be an absolute http(s) URL, got {value!r}")
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            raise ValueError("public_base_url takes no credentials, query or fragment")
+        return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
     def all_api_keys(self) -> list[str]:
         """Every accepted API key in clear (only the key ring may hold them)."""

@@ -62,6 +62,7 @@ class FollowUpJob:
     ttl_ms: int
     field: str
     value: str
+    index_key: str | None = None  # an index (ZSET) the job id is added to, scored by due time
 
 
 @dataclass(slots=True)
@@ -152,6 +153,7 @@ if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], follow.field, follow.value)
   redis.call('SET', follow.job_key, follow.payload, 'PX', follow.ttl_ms)
   enqueue('h', follow.job_id, follow.score, follow.score)
+  if follow.index ~= '' then redis.call('ZADD', follow.index, follow.score, follow.job_id) end
   redis.call('PUBLISH', follow.wake, '1')
 end
 for i = 12, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[5], ARGV[6]) end
@@ -324,6 +326,7 @@ class TaskStore:
                     "ttl_ms": then.ttl_ms,
                     "score": _now_ms(),
                     "wake": self.keys.wake,
+                    "index": then.index_key or "",
                 }
             )
         reply = await self._finish(

@@ -1,4 +1,7 @@
-"""`python -m service`: run the API with uvicorn on $PORT (default 8000)."""
+"""`python -m service`: run the API with uvicorn on $HOST:$PORT (default 127.0.0.1:8000).
+
+uvicorn's own proxy-header handling is off (it would believe X-Forwarded-* from 127.0.0.1):
+the app decides whom to believe, from TASKWIRE_TRUSTED_PROXIES (service/origin.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ def main() -> None:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=10,
+        proxy_headers=False,
     )
 
 

@@ -6,12 +6,25 @@ import json
 import math
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from core.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable, TaskwireError
-from core.protocol import TASK_UUID_PATTERN, AuthenticationTask, TaskErrors, parse_task
+from core.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TaskwireError,
+)
+from core.protocol import (
+    TASK_UUID_PATTERN,
+    AuthenticationTask,
+    TaskErrors,
+    canonical_uuid,
+    parse_task,
+)
 from service.batch import Batch, Slot
 from service.state import State
 from service.streaming import sse_body, sse_response
@@ -19,14 +32,20 @@ from service.streaming import sse_body, sse_response
 router = APIRouter()
 
 
+def encode_json(body: Any) -> bytes:
+    """JSON as UTF-8. A string that is not valid Unicode (a lone surrogate from a URL path,
+    say) cannot be UTF-8: such a body is sent with \\u escapes instead of failing."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode()
+
+
 def json_response(
     body: dict[str, Any], status: int, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
+        encode_json(body), status_code=status, media_type="application/json", headers=headers
     )
 
 
@@ -62,10 +81,13 @@ def parse_envelope(body: bytes) -> list[Any]:
             "The request body is empty; send a JSON array of tasks.", code="invalidRequestBody"
         )
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:
+        # orjson refuses what strict JSON refuses and the stdlib lets through: lone
+        # surrogates (not Unicode), NaN and Infinity (not JSON), nesting past 1024 levels.
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise InvalidRequest(
-            f"The request body is not valid JSON: {exc}.", code="invalidRequestBody"
+            f"The request body is not valid JSON (UTF-8, no NaN or Infinity): {exc}.",
+            code="invalidRequestBody",
         ) from None
     tasks = [payload] if isinstance(payload, dict) else payload
     if not isinstance(tasks, list):
@@ -83,14 +105,15 @@ def bearer_key(request: Request) -> str | None:
 
 
 def checked_task_uuid(value: str) -> str:
-    """A taskUUID from a URL path, if it is one (InvalidRequest otherwise)."""
+    """A taskUUID from a URL path in its canonical lower-case form, the one task records are
+    stored under (InvalidRequest if it is not a UUID v4, in any letter case)."""
     if not TASK_UUID_PATTERN.fullmatch(value):
         raise InvalidRequest(
-            "taskUUID must be a canonical lower-case UUID v4.",
+            "taskUUID must be a hyphenated UUID v4.",
             code="invalidTaskUUID",
             parameter="taskUUID",
         )
-    return value
+    return canonical_uuid(value)
 
 
 async def authenticated_owner(request: Request, state: State) -> str:
@@ -112,9 +135,8 @@ def split_authentication(request: Request, tasks: list[Any]) -> tuple[str | None
             raise exc.errors[0] from None
         assert isinstance(auth, AuthenticationTask)
         if header_key is not None and header_key != auth.apiKey:
-            raise InvalidRequest(
+            raise AuthenticationFailed(
                 "The Authorization header and the authentication task carry different keys.",
-                code="invalidApiKey",
                 parameter="apiKey",
             )
         return auth.apiKey, tasks[1:]
@@ -140,6 +162,7 @@ def batch_response(slots: list[Slot]) -> Response:
 
 
 @router.post("/v1")
+@router.post("/v1/", include_in_schema=False)
 async def post_tasks(request: Request, state: State) -> Response:
     try:
         body = await read_body(request, state.settings.max_body_bytes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
@@ -24,15 +25,16 @@ from core.logging import configure_logging
 from core.outbound import OutboundPolicy
 from core.settings import Settings
 from core.store import TaskStore
+from core.tokens import ImageTokens, StreamTokens, load_secret
 from core.webhooks import WebhookSecrets
 from service.api import error_response, json_response, router
 from service.auth import KeyRing
 from service.events_api import router as events_router
 from service.images import Images
 from service.images_api import router as images_router
+from service.origin import PublicOrigin, TrustedProxies
 from service.pages import router as pages_router
 from service.state import AppState
-from service.tokens import StreamTokens, load_secret
 from service.webhooks_api import router as webhooks_router
 
 log = structlog.get_logger("taskwire.service")
@@ -62,7 +64,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
         hub = EventHub(redis)
         await hub.start()
-        tokens = StreamTokens(await load_secret(redis, settings), settings.stream_token_ttl_s)
+        secret = await load_secret(redis, settings)
+        tokens = StreamTokens(secret, settings.stream_token_ttl_s)
+        image_tokens = ImageTokens(secret, settings.task_retention_s)
         outbound = OutboundPolicy(settings.outbound_allow_cidrs)
         image_client = GuardedClient(outbound, deadline_s=settings.image_fetch_timeout_s)
         app.state.taskwire = AppState(
@@ -81,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
                 outbound,
                 settings.image_max_bytes,
                 settings.outbound_resolve_timeout_s,
+                image_tokens,
             ),
             deliveries=DeliveryStore(
                 redis,
@@ -103,6 +108,14 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # No 307 to the slash-less path (its body is not JSON, and clients re-POSTing is not
+        # a given): `POST /v1/` is served as `/v1`, any other trailing slash is a JSON 404.
+        redirect_slashes=False,
+    )
+    app.add_middleware(
+        PublicOrigin,
+        public_base_url=settings.public_base_url,
+        trusted=TrustedProxies(settings.trusted_proxies),
     )
     app.include_router(router)
     app.include_router(events_router)
@@ -134,9 +147,40 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
-        return error_response(InvalidRequest(f"Invalid request: {exc.errors()[0]['msg']}."))
+        errors = [request_error(error).to_item() for error in exc.errors()]
+        return json_response({"errors": errors}, InvalidRequest.status)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> Response:
+        # A bug, not the client's doing: still the protocol's JSON shape (and logged).
+        log.error("service.internal_error", exc_info=exc)
+        error = TaskwireError("taskwire failed on this request; it has been logged.")
+        return json_response({"errors": [{**error.to_item(), "code": "internalError"}]}, 500)
 
     return app
+
+
+def request_error(error: Any) -> InvalidRequest:
+    """A FastAPI validation error (query, path or header parameter) as a protocol error that
+    names the parameter as the client spelled it (`resultIndex`, not `query.resultIndex`)."""
+    loc = [str(part) for part in error.get("loc", ())]
+    if loc and loc[0] in ("query", "path", "header", "cookie", "body"):
+        loc = loc[1:]
+    parameter = ".".join(loc) or None
+    name = loc[-1] if loc else "request"
+    capital = name[:1].upper() + name[1:]
+    if error.get("type") == "missing":
+        return InvalidRequest(
+            f"Missing required parameter '{parameter}'.",
+            code=f"missing{capital}",
+            parameter=parameter,
+        )
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return InvalidRequest(
+        f"Invalid value for '{parameter or 'request'}': {message}.",
+        code=f"invalid{capital}",
+        parameter=parameter,
+    )
 
 
 def create_app_from_env() -> FastAPI:

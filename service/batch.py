@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.catalog import Catalog
+from core.catalog import Catalog, ModelSpec
 from core.deliveries import DeliveryState
 from core.errors import (
     InvalidRequest,
@@ -23,6 +23,7 @@ from core.errors import (
 from core.events import EventHub, Subscription, TaskEvents
 from core.keys import TaskRef
 from core.outbound import OutboundPolicy, OutboundRefused, OutboundUnresolvable, check_url
+from core.prompt_size import tokens_over
 from core.protocol import (
     GetResponseTask,
     ImageUploadTask,
@@ -30,15 +31,16 @@ from core.protocol import (
     TaskErrors,
     TextInferenceTask,
     WireModel,
+    canonical_uuid,
     parse_task,
     processing_item,
 )
 from core.settings import Settings
 from core.store import NewTask, TaskRecord, TaskStore
+from core.tokens import StreamTokens
 from service.delivery import collect_results, confirmed, result_items, watching
 from service.images import Images
 from service.streaming import ChunkRenderer
-from service.tokens import StreamTokens
 
 
 @dataclass(eq=False)
@@ -80,8 +82,64 @@ class _Inference:
 
 
 def fingerprint(raw: dict[str, Any]) -> str:
+    """The body of a task, spelling-independent in its taskUUID (two spellings of one UUID
+    are one task)."""
+    uuid = raw.get("taskUUID")
+    if isinstance(uuid, str):
+        raw = {**raw, "taskUUID": canonical_uuid(uuid)}
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def task_ref(owner: str, task_uuid: str) -> TaskRef:
+    """A task's name in storage: the owner and the canonical (lower-case) taskUUID."""
+    return TaskRef(owner, canonical_uuid(task_uuid))
+
+
+def spelled_as_sent(slot: Slot) -> None:
+    """Items answer with the taskUUID spelling this request used (a task stores the first
+    request's spelling)."""
+    sent = getattr(slot.task, "taskUUID", None)
+    if not isinstance(sent, str):
+        return
+    key = canonical_uuid(sent)
+    slot.items = [
+        {**item, "taskUUID": sent}
+        if isinstance(item.get("taskUUID"), str)
+        and item["taskUUID"] != sent
+        and canonical_uuid(item["taskUUID"]) == key
+        else item
+        for item in slot.items
+    ]
+
+
+def check_prefill(task: TextInferenceTask, model: ModelSpec) -> None:
+    """A conversation ending with an assistant message needs a route that continues it."""
+    if task.ends_with_prefill and not model.allows_prefill:
+        raise InvalidRequest(
+            f"The last message is an assistant message (a prefill), and no provider of "
+            f"{task.model} continues one; end with a `user` or `tool` message.",
+            code="invalidMessages",
+            parameter=f"messages.{len(task.messages) - 1}.role",
+        )
+
+
+def check_context(task: TextInferenceTask, model: ModelSpec) -> None:
+    """Refuse a prompt that cannot fit the model's context window with room for maxTokens
+    (counted with a lower bound, so a prompt that fits is never refused)."""
+    budget = model.context_window - task.settings.maxTokens
+    texts = [m.content for m in task.messages if m.content]
+    if task.settings.systemPrompt:
+        texts.append(task.settings.systemPrompt)
+    over = tokens_over(texts, budget)
+    if over is not None:
+        raise InvalidRequest(
+            f"The messages are at least {over} tokens; with settings.maxTokens "
+            f"({task.settings.maxTokens}) that is over {task.model}'s context window of "
+            f"{model.context_window} tokens. Shorten the conversation or lower maxTokens.",
+            code="contextLengthExceeded",
+            parameter="messages",
+        )
 
 
 def seeds_for(task: TextInferenceTask) -> list[int]:
@@ -175,6 +233,8 @@ class Batch:
             await self._answer_lookups(lookups)
         if inference:
             await self._submit(inference, deadline)
+        for slot in self.slots:
+            spelled_as_sent(slot)
         return self.slots
 
     # --- textInference
@@ -200,7 +260,7 @@ class Batch:
         sub = None
         if task.deliveryMethod in ("sync", "stream"):
             sub = await subscriptions.enter_async_context(
-                watching(self.hub, self.store, TaskRef(self.owner, task.taskUUID))
+                watching(self.hub, self.store, task_ref(self.owner, task.taskUUID))
             )
         prepared = self._prepare(slot, task)
         if task.webhookURL is not None:
@@ -227,7 +287,9 @@ class Batch:
                 code="invalidMaxTokens",
                 parameter="settings.maxTokens",
             )
-        ref = TaskRef(self.owner, task.taskUUID)
+        check_prefill(task, model)
+        check_context(task, model)
+        ref = task_ref(self.owner, task.taskUUID)
         request = task.model_dump(mode="json", by_alias=True, exclude_none=True)
         new = NewTask(ref, fingerprint(slot.raw), request, seeds_for(task))
         return _Inference(slot, task, ref, new)
@@ -277,25 +339,33 @@ class Batch:
             results = await collect_results(
                 w.sub, self.store, w.ref, n, deadline, read_first=not created
             )
-            w.slot.items.extend(result_items(uuid, n, results))
             w.slot.pending_sync = len(results) < n
+            if w.slot.pending_sync:  # a 202: the client polls, or follows the stream link
+                links = self._links(uuid)
+                w.slot.items.extend({**item, **links} for item in result_items(uuid, n, results))
+            else:
+                w.slot.items.extend(result_items(uuid, n, results))
         elif created:
-            w.slot.items.append(
-                {**processing_item(uuid), "streamURL": self.tokens.stream_url(self.owner, uuid)}
-            )
+            w.slot.items.append({**processing_item(uuid), **self._links(uuid)})
         else:
             record = await self.store.get(w.ref)
             if record is not None:
                 w.slot.items.extend(self._state_items(record))
 
+    def _links(self, uuid: str) -> dict[str, Any]:
+        """The task's links: `stream`, its event stream for a browser (absolute, signed). Kept
+        under `links`, not as a top-level `...URL` field, which Runware's SDKs read as a
+        finished result."""
+        return {"links": {"stream": self.tokens.stream_url(self.base_url, self.owner, uuid)}}
+
     def _state_items(self, record: TaskRecord) -> list[dict[str, Any]]:
         """A task's current state, one item per result: as getResponse shows it, with the
-        task's streamURL and, for a task with a webhook, each result's delivery state."""
+        task's links and, for a task with a webhook, each result's delivery state."""
         uuid = record.ref.uuid
-        url = self.tokens.stream_url(self.owner, uuid)
+        links = self._links(uuid)
         items = []
         for item in result_items(uuid, record.number_results, record.results):
-            shown = {**item, "streamURL": url}
+            shown = {**item, **links}
             delivery = record.deliveries.get(item["resultIndex"])
             if delivery is not None:
                 shown["webhook"] = DeliveryState(**delivery).public()
@@ -320,7 +390,7 @@ class Batch:
     # --- getResponse
 
     async def _answer_lookups(self, slots: list[Slot]) -> None:
-        refs = [TaskRef(self.owner, slot.task.taskUUID) for slot in slots]  # type: ignore[union-attr]
+        refs = [task_ref(self.owner, slot.task.taskUUID) for slot in slots]  # type: ignore[union-attr]
         records = await self.store.get_many(refs)
         for slot, ref, record in zip(slots, refs, records, strict=True):
             if record is None:

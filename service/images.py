@@ -1,4 +1,5 @@
-"""What the API does with images: `imageUpload`, and checking a task's `inputs.images`."""
+"""What the API does with images: `imageUpload` (stored, with a signed `imageURL`), and
+checking a task's `inputs.images`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from core.http_guard import BodyTooLarge, GuardedClient
 from core.images import ImageError, ImageStore, check_bytes, classify, decode, extension
 from core.outbound import OutboundPolicy, OutboundRefused, OutboundUnresolvable, check_url
 from core.protocol import ImageUploadTask
+from core.tokens import ImageTokens
 
 
 class Images:
@@ -24,14 +26,18 @@ class Images:
         policy: OutboundPolicy,
         max_bytes: int,
         resolve_timeout_s: float,
+        tokens: ImageTokens,
     ):
         self.store = store
+        self.tokens = tokens
         self._client = client
         self._policy = policy
         self._max_bytes = max_bytes
         self._resolve_timeout_s = resolve_timeout_s
 
     async def upload(self, owner: str, task: ImageUploadTask, base_url: str) -> dict[str, Any]:
+        """Store the image; its `imageURL` is signed for `owner` and lives as long as the
+        upload. `base_url` is the API's public base (see service/origin.py)."""
         value = task.image
         try:
             kind = classify(value)
@@ -49,7 +55,7 @@ class Images:
             "taskType": "imageUpload",
             "taskUUID": task.taskUUID,
             "imageUUID": image_uuid,
-            "imageURL": f"{base_url.rstrip('/')}/v1/images/{image_uuid}.{extension(mime)}",
+            "imageURL": self.tokens.image_url(base_url, owner, image_uuid, extension(mime)),
         }
 
     async def _fetch(self, url: str) -> tuple[bytes, str]:

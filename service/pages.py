@@ -32,6 +32,13 @@ async def models(_owner: Owner, state: State) -> Response:
             "context_window": model.context_window,
             "max_output_tokens": model.max_output_tokens,
             "pricing": model.price.model_dump(exclude_none=True),
+            "capabilities": {
+                "imageInput": model.capabilities.image_input,
+                "tools": model.capabilities.tools,
+                "structuredOutput": model.capabilities.structured_output,
+                "thinkingLevels": list(model.capabilities.thinking_levels),
+                "assistantPrefill": model.allows_prefill,
+            },
         }
         for model in state.catalog
     ]

@@ -14,10 +14,10 @@ from core.events import EventHub
 from core.outbound import OutboundPolicy
 from core.settings import Settings
 from core.store import TaskStore
+from core.tokens import StreamTokens
 from core.webhooks import WebhookSecrets
 from service.auth import KeyRing
 from service.images import Images
-from service.tokens import StreamTokens
 
 
 @dataclass(slots=True)

@@ -87,7 +87,7 @@ class ChunkRenderer:
                 ]
             }
         chunk = self._chunk(index, delta={}, finishReason=item.get("finishReason", "unknown"))
-        for field in ("toolCalls", "usage", "cost"):
+        for field in ("seed", "toolCalls", "usage", "cost"):
             if field in item:
                 chunk[field] = item[field]
         return chunk

@@ -42,8 +42,9 @@ async def redeliver(
     state: State,
     result_index: Annotated[int | None, Query(alias="resultIndex", ge=0, le=3)] = None,
 ) -> Response:
-    """Send a task's results to its webhook again (every result whose delivery is not
-    pending, or just `resultIndex`), on a fresh retry schedule, with the same webhook-id."""
+    """Send a task's results to its webhook again (every result, or just `resultIndex`), on
+    a fresh retry schedule, with the same webhook-id: deliveries failed, delivered, or pending
+    with their job lost. One already on its way (job queued or running) is left alone."""
     ref = TaskRef(owner, checked_task_uuid(task_uuid))
     record = await state.store.get(ref)
     if record is None:

@@ -29,6 +29,8 @@ def parse_request(body: dict[str, Any]) -> SimRequest:
         if not isinstance(message, dict) or "role" not in message:
             raise BadRequest("each message needs a role", "messages")
         read_content(message.get("content"), texts, images)
+    last = messages[-1]
+    prefill = last.get("content") if last["role"] == "assistant" else None
     tools = []
     for tool in body.get("tools") or []:
         function = tool.get("function") if isinstance(tool, dict) else None
@@ -69,6 +71,7 @@ def parse_request(body: dict[str, Any]) -> SimRequest:
         n=n,
         max_tokens=limit,
         stop=[stop] if isinstance(stop, str) else list(stop),
+        prefill=prefill if isinstance(prefill, str) and texts else None,
     )
 
 

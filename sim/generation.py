@@ -45,10 +45,18 @@ class SimRequest:
     n: int = 1
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
+    # The text of a final assistant message (a prefill), also the last of `texts`: the
+    # answer continues it.
+    prefill: str | None = None
+
+    @property
+    def asked(self) -> list[str]:
+        """The texts before any prefill: what the answer is generated from."""
+        return self.texts[:-1] if self.prefill is not None else self.texts
 
     @property
     def prompt(self) -> str:
-        return "\n".join(self.texts)
+        return "\n".join(self.asked)
 
 
 @dataclass
@@ -128,13 +136,25 @@ def _wanted_tool(request: SimRequest) -> dict[str, Any] | None:
     if isinstance(choice, dict) and choice.get("name"):
         return next((t for t in request.tools if t["name"] == choice["name"]), None)
     # the prompt asks for it ("call get_weather"), or a tool call is required
-    last = request.texts[-1].lower() if request.texts else ""
+    last = request.asked[-1].lower() if request.asked else ""
     for tool in request.tools:
         if f"call {tool['name'].lower()}" in last:
             return tool
     if choice == "required":
         return request.tools[0]
     return None
+
+
+def _continued(
+    request: SimRequest, seed: int | None, prompt: str, index: int, count: int
+) -> list[str]:
+    """The answer's tokens; after a prefill of k words, `count` tokens that follow the first k
+    words of the answer to the prompt alone (so prefill + continuation extends that answer
+    when the prefill is its beginning)."""
+    if request.prefill is None:
+        return answer_tokens(seed, prompt, index, count)
+    done = len(request.prefill.split())
+    return answer_tokens(seed, prompt, index, count + done)[done:]
 
 
 def plan(request: SimRequest, scenario: Scenario) -> list[Generation]:
@@ -144,7 +164,7 @@ def plan(request: SimRequest, scenario: Scenario) -> list[Generation]:
     if request.max_tokens is not None and request.max_tokens < 1:
         raise BadRequest("max tokens must be a positive integer", "max_tokens")
     prompt = request.prompt
-    hints = dict(_ASSIGNMENT.findall(request.texts[-1] if request.texts else ""))
+    hints = dict(_ASSIGNMENT.findall(request.asked[-1] if request.asked else ""))
     effort = request.reasoning_effort
     reasoning_count = scenario.reasoning or (REASONING_BY_EFFORT.get(effort, 4) if effort else 0)
     seed = request.seed if request.seed is not None else None
@@ -170,7 +190,7 @@ def plan(request: SimRequest, scenario: Scenario) -> list[Generation]:
             )
             tokens = _chop(json.dumps(document, separators=(",", ":")))
         else:
-            tokens = answer_tokens(seed, prompt, index, scenario.tokens)
+            tokens = _continued(request, seed, prompt, index, scenario.tokens)
         tokens, _ = apply_stop(tokens, request.stop)
         finish = "stop"
         if request.max_tokens is not None and len(tokens) > request.max_tokens:

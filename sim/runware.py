@@ -35,6 +35,8 @@ def parse_task(task: dict[str, Any]) -> SimRequest:
     if settings.get("systemPrompt"):
         texts.append(settings["systemPrompt"])
     texts += [str(m.get("content", "")) for m in messages if isinstance(m, dict)]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    prefill = last.get("content") if last.get("role") == "assistant" else None
     images = [image_from_url(i) for i in (task.get("inputs") or {}).get("images", [])]
     if task.get("numberResults", 1) != 1:
         raise BadRequest("the simulator answers one result per task", "numberResults")
@@ -47,6 +49,7 @@ def parse_task(task: dict[str, Any]) -> SimRequest:
         stop=list(settings.get("stopSequences") or []),
         reasoning_effort=None if effort in (None, "off") else effort,
         json_mode="object" if task.get("outputFormat") == "JSON" else None,
+        prefill=prefill if isinstance(prefill, str) else None,
     )
 
 

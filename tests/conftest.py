@@ -24,7 +24,13 @@ TEST_CATALOG = """
 name = "GPT-5.4 Mini"
 context_window = 400_000
 max_output_tokens = 128_000
-price = {{ input = 0.75, cached_input = 0.075, output = 4.50 }}
+price = {{ input = 0.75, cached_input = 0.08, output = 4.50 }}
+
+[models."openai:gpt@5.4-mini".capabilities]
+image_input = true
+tools = true
+structured_output = true
+thinking_levels = ["off", "low", "medium", "high"]
 
 [[models."openai:gpt@5.4-mini".routes]]
 name = "simulator"
@@ -34,7 +40,8 @@ model = "gpt-5.4-mini"
 api_key_env = "TASKWIRE_SIM_API_KEY"
 timeout_s = {timeout_s}
 
-# A second model with a small output limit, to test the catalog's limit check.
+# A second model with small limits, to test the catalog's limit checks; its one route does
+# not continue a conversation ending with an assistant message.
 [models."taskwire:tiny@1"]
 name = "Tiny"
 context_window = 8_000
@@ -48,6 +55,7 @@ base_url = "${{TASKWIRE_SIM_URL}}"
 model = "tiny"
 api_key_env = "TASKWIRE_SIM_API_KEY"
 timeout_s = {timeout_s}
+assistant_prefill = false
 """
 
 # Fast retries so failure tests finish quickly; the schedule itself is a setting.
@@ -169,7 +177,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_binary: str) -> Iterat
 
 
 def without_stream_url(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in item.items() if k != "streamURL"} for item in items]
+    """Items without their `links` (the signed stream link differs on every answer)."""
+    return [{k: v for k, v in item.items() if k != "links"} for item in items]
 
 
 def text_task(prompt: str = "Say hello", **fields: Any) -> dict[str, Any]:

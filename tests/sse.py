@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DELTA_KEYS = {"taskUUID", "taskType", "resultIndex", "delta"}
-FINAL_KEYS = DELTA_KEYS | {"finishReason"}
+FINAL_KEYS = DELTA_KEYS | {"finishReason", "seed"}
 FINAL_OPTIONAL = {"usage", "cost", "toolCalls"}
 
 

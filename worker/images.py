@@ -1,5 +1,7 @@
 """Turns a task's stored image references into what a route takes: inline data URIs, or
-URLs passed through when the route is configured to."""
+URLs passed through when the route is configured to (`image_urls = "pass"`). An uploaded
+image goes to such a route as its signed, expiring imageURL when the API's public base URL
+is configured (the upstream must be able to reach it), else inline."""
 
 from __future__ import annotations
 
@@ -7,15 +9,35 @@ import httpx
 
 from core.catalog import Route
 from core.http_guard import BodyTooLarge, GuardedClient
-from core.images import ImageError, ImageStore, check_bytes, classify, data_uri
+from core.images import (
+    ImageError,
+    ImageStore,
+    StoredImage,
+    check_bytes,
+    classify,
+    data_uri,
+    extension,
+)
 from core.outbound import OutboundRefused
+from core.tokens import ImageTokens
 
 
 class ImageResolver:
-    def __init__(self, store: ImageStore, client: GuardedClient, max_bytes: int):
+    def __init__(
+        self,
+        store: ImageStore,
+        client: GuardedClient,
+        max_bytes: int,
+        *,
+        tokens: ImageTokens | None = None,
+        public_base_url: str | None = None,
+    ):
         self._store = store
         self._client = client
         self._max_bytes = max_bytes
+        self._tokens = tokens
+        self._public_base_url = public_base_url
+        self._signs_urls = tokens is not None and public_base_url is not None
 
     async def for_route(
         self, owner: str, refs: list[str], route: Route, memo: dict[str, str]
@@ -24,19 +46,35 @@ class ImageResolver:
         this result (a fallback to another route does not fetch again)."""
         resolved = []
         for ref in refs:
-            if classify(ref) == "url" and route.image_urls == "pass":
+            kind = classify(ref)
+            if kind == "url" and route.image_urls == "pass":
                 resolved.append(ref)
+                continue
+            if kind == "uuid" and route.image_urls == "pass" and self._signs_urls:
+                key = f"{ref}#url"
+                if key not in memo:
+                    memo[key] = await self._signed_url(owner, ref)
+                resolved.append(memo[key])
                 continue
             if ref not in memo:
                 memo[ref] = await self._inline(owner, ref)
             resolved.append(memo[ref])
         return tuple(resolved)
 
+    async def _uploaded(self, owner: str, ref: str) -> StoredImage:
+        stored = await self._store.get(ref)
+        if stored is None or stored.owner != owner:
+            raise ImageError(f"image {ref} is gone (uploads are kept for the retention period)")
+        return stored
+
+    async def _signed_url(self, owner: str, ref: str) -> str:
+        assert self._tokens is not None and self._public_base_url is not None
+        stored = await self._uploaded(owner, ref)
+        return self._tokens.image_url(self._public_base_url, owner, ref, extension(stored.mime))
+
     async def _inline(self, owner: str, ref: str) -> str:
         if classify(ref) == "uuid":
-            stored = await self._store.get(ref)
-            if stored is None or stored.owner != owner:
-                raise ImageError(f"image {ref} is gone (uploads are kept for the retention period)")
+            stored = await self._uploaded(owner, ref)
             return await data_uri(stored.data, stored.mime)
         try:
             response = await self._client.request(

@@ -97,9 +97,14 @@ class Inference:
         self._usable[model.air] = usable
         return usable
 
-    async def candidates(self, model: ModelSpec) -> list[tuple[Route, str]]:
-        """Usable routes that are not cooling down, in the model's policy order."""
+    async def candidates(
+        self, model: ModelSpec, *, prefill: bool = False
+    ) -> list[tuple[Route, str]]:
+        """Usable routes that are not cooling down, in the model's policy order; with
+        `prefill`, only those that continue a conversation ending with an assistant message."""
         usable = self.usable_routes(model)
+        if prefill:
+            usable = [(route, key) for route, key in usable if route.allows_prefill]
         if not usable:
             raise _Stop("noAvailableServer", "No upstream route is configured for this model.")
         cooling = await self._health.cooling(model)
@@ -129,7 +134,7 @@ class Inference:
                 raise _Stop("unknownModel", f"Model {task.model!r} is no longer served.")
             last: UpstreamError | None = None
             memo: dict[str, str] = {}
-            for route, key in await self.candidates(model):
+            for route, key in await self.candidates(model, prefill=task.ends_with_prefill):
                 tried.append(route.name)
                 images = await self._images.for_route(
                     owner, list(task.inputs.images) if task.inputs else [], route, memo

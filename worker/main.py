@@ -24,6 +24,7 @@ from core.outbound import OutboundPolicy
 from core.scheduler import Fairness, Scheduler
 from core.settings import Settings
 from core.store import TaskStore
+from core.tokens import ImageTokens, load_secret
 from core.webhooks import RetrySchedule, WebhookSecrets
 from worker.images import ImageResolver
 from worker.inference import Inference
@@ -36,7 +37,7 @@ from worker.providers.segmind import SegmindAdapter
 from worker.queue import QueueWorker, job_function, json_deserializer, json_serializer
 from worker.retry import RetryPolicy
 from worker.routing import RouteHealth
-from worker.webhooks import WebhookDeliverer, deliver_webhook
+from worker.webhooks import WebhookDeliverer, deliver_webhook, sweep_overdue
 
 log = structlog.get_logger("taskwire.worker")
 
@@ -98,6 +99,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
                 ImageStore(ctx["redis"], keys, settings.task_retention_s),
                 image_client,
                 settings.image_max_bytes,
+                tokens=ImageTokens(
+                    await load_secret(ctx["redis"], settings), settings.task_retention_s
+                ),
+                public_base_url=settings.public_base_url,
             ),
         ),
         webhooks=WebhookDeliverer(
@@ -113,9 +118,16 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             max_response_bytes=settings.webhook_max_response_bytes,
         ),
     )
+    ctx["webhook_sweep"] = asyncio.create_task(
+        sweep_overdue(ctx["deps"].webhooks.deliveries, settings.webhook_sweep_interval_s),
+        name="webhook-sweep",
+    )
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    sweep: asyncio.Task[None] | None = ctx.get("webhook_sweep")
+    if sweep is not None:
+        sweep.cancel()
     client: httpx.AsyncClient | None = ctx.get("http")
     if client is not None:
         await client.aclose()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, replace
 
 import httpx
 import structlog
+from redis.exceptions import RedisError
 
 from core.deliveries import DeliveryState, DeliveryStore
 from core.http_guard import GuardedClient
@@ -19,6 +21,8 @@ from worker.providers.base import parse_retry_after
 
 log = structlog.get_logger("taskwire.webhooks")
 USER_AGENT = "taskwire-webhooks/1.0"
+# How long recording an attempt's outcome rides out a Redis outage (within the job timeout).
+RECORD_DEADLINE_S = 20.0
 
 
 @dataclass(slots=True)
@@ -37,17 +41,19 @@ class WebhookDeliverer:
     max_response_bytes: int = 4096
 
     async def attempt(self, url: str, msg_id: str, owner: str, body: bytes) -> AttemptResult:
-        """POST once. The timestamp (and so the signature) is fresh on every attempt."""
-        timestamp = int(time.time())
+        """POST once. The timestamp (and so the signature) is fresh on every attempt. Any
+        failure but storage trouble is a failed attempt, never an exception that would
+        lose the delivery job."""
         secret = await self.secrets.get(owner)
-        headers = {
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(secret.in_use(), msg_id, timestamp, body),
-        }
         try:
+            timestamp = int(time.time())
+            headers = {
+                "content-type": "application/json",
+                "user-agent": USER_AGENT,
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": signature_header(secret.in_use(), msg_id, timestamp, body),
+            }
             response = await self.client.request(
                 "POST", url, content=body, headers=headers, max_body_bytes=self.max_response_bytes
             )
@@ -57,6 +63,11 @@ class WebhookDeliverer:
             return AttemptResult(error=f"no answer within {self.client.deadline_s:g} s")
         except httpx.HTTPError as exc:
             return AttemptResult(error=f"connection failed ({type(exc).__name__})")
+        except RedisError:
+            raise
+        except Exception as exc:
+            log.exception("webhook.attempt_crashed", webhook_id=msg_id)
+            return AttemptResult(error=f"the attempt failed ({type(exc).__name__})")
         retry_after = None
         if response.status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -108,7 +119,7 @@ async def deliver_webhook(job: JobContext, owner: str, task_uuid: str, index: in
     started = time.monotonic()
     outcome = await deliverer.attempt(pending.url, msg_id, owner, body)
     state, retry_in = deliverer.next_state(pending.state, outcome)
-    await deliverer.deliveries.record(ref, index, state, retry_in)
+    await _record(deliverer.deliveries, ref, index, state, retry_in)
     job.settled = True
     log.info(
         "webhook.attempt",
@@ -122,3 +133,42 @@ async def deliver_webhook(job: JobContext, owner: str, task_uuid: str, index: in
         retry_in_s=None if retry_in is None else round(retry_in, 3),
         latency_ms=round((time.monotonic() - started) * 1000, 2),
     )
+
+
+async def _record(
+    deliveries: DeliveryStore,
+    ref: TaskRef,
+    index: int,
+    state: DeliveryState,
+    retry_in: float | None,
+) -> None:
+    """Store an attempt's outcome, riding out a short Redis outage (the write is idempotent;
+    past the deadline the job fails, and the sweep finds the delivery again)."""
+    delay = 0.05
+    deadline = time.monotonic() + RECORD_DEADLINE_S
+    while True:
+        try:
+            await deliveries.record(ref, index, state, retry_in)
+            return
+        except (RedisError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("webhook.store_retry", error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def sweep_overdue(deliveries: DeliveryStore, interval_s: float) -> None:
+    """Forever: every `interval_s`, if no other worker has this interval, enqueue again the
+    pending deliveries overdue by more than an interval whose job was lost."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            if not await deliveries.claim_sweep(interval_s):
+                continue
+            revived = await deliveries.revive_overdue(interval_s)
+        except (RedisError, OSError) as exc:
+            log.warning("webhook.sweep_failed", error=type(exc).__name__)
+            continue
+        if revived:
+            log.warning("webhook.revived", jobs=len(revived), job_ids=revived[:10])

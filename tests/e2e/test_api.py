@@ -40,9 +40,16 @@ def test_same_seed_and_prompt_give_the_same_text(api: Api) -> None:
 
 
 def test_usage_and_cost_only_when_asked(api: Api) -> None:
-    [item] = api.post([text_task()]).json()["data"]
+    [item] = api.post([text_task(includeCost=False)]).json()["data"]
     assert "usage" not in item and "cost" not in item
     assert "reasoningContent" not in item and "toolCalls" not in item
+
+
+def test_cost_is_included_by_default(api: Api) -> None:
+    # Runware's page: includeCost "boolean default: true"
+    [item] = api.post([text_task("Default cost")]).json()["data"]
+    assert item["cost"] > 0
+    assert "usage" not in item  # includeUsage defaults to false
 
 
 def test_single_object_body_and_authentication_task(api: Api) -> None:
@@ -70,11 +77,12 @@ def test_async_task_then_get_response(api: Api) -> None:
         "taskType": "textInference",
         "taskUUID": task["taskUUID"],
         "status": "processing",
-        "streamURL": ack["streamURL"],
+        "links": {"stream": ack["links"]["stream"]},
     }
-    assert ack["streamURL"].startswith(f"/v1/tasks/{task['taskUUID']}/events?token=")
+    stream_link = f"{api.stack.api_url}/v1/tasks/{task['taskUUID']}/events?token="
+    assert ack["links"]["stream"].startswith(stream_link)
     [item] = api.wait_final(task["taskUUID"])
-    assert item["streamURL"].startswith(f"/v1/tasks/{task['taskUUID']}/events?token=")
+    assert item["links"]["stream"].startswith(stream_link)
     assert item["status"] == "success"
     assert item["seed"] == 3
     assert item["resultIndex"] == 0
@@ -170,7 +178,6 @@ def _only_error(response: httpx.Response) -> dict:
 
 INVALID_CASES = [
     ({"taskUUID": "not-a-uuid"}, "invalidTaskUUID", "taskUUID"),
-    ({"taskUUID": str(uuid.uuid4()).upper()}, "invalidTaskUUID", "taskUUID"),
     ({"taskUUID": str(uuid.uuid1())}, "invalidTaskUUID", "taskUUID"),
     ({"model": "acme:nope@1"}, "unknownModel", "model"),
     ({"model": 5}, "invalidModel", "model"),
@@ -178,7 +185,11 @@ INVALID_CASES = [
     ({"messages": [{"role": "robot", "content": "x"}]}, "invalidRole", "messages.0.role"),
     ({"messages": [{"role": "user", "content": ""}]}, "invalidContent", "messages.0.content"),
     (
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {
+            "model": "taskwire:tiny@1",  # its route does not continue an assistant prefill
+            "settings": {"maxTokens": 100},
+            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+        },
         "invalidMessages",
         "messages.1.role",
     ),
@@ -206,7 +217,13 @@ INVALID_CASES = [
         "invalidName",
         "tools.0.name",
     ),
-    ({"tools": [{"type": "function", "name": "f"}]}, "missingSchema", "tools.0.schema"),
+    ({"tools": [{"type": "function", "name": "f"}]}, "invalidTools", "tools.0"),
+    (
+        {"settings": {"tools": [{"type": "function", "function": {"name": "bad name"}}]}},
+        "invalidName",
+        "settings.tools.0.function.name",
+    ),
+    ({"settings": {"toolChoice": {"type": "any"}}}, "invalidToolChoice", "settings.toolChoice"),
     ({"toolChoice": {"type": "tool"}}, "invalidToolChoice", "toolChoice"),
     ({"toolChoice": {"type": "auto"}}, "invalidToolChoice", "toolChoice"),
     ({"outputFormat": "XML"}, "invalidOutputFormat", "outputFormat"),
@@ -409,3 +426,204 @@ def test_logs_are_json_lines_off_a_terminal(stack) -> None:
     assert raw
     parsed = [json.loads(line) for line in raw if line.startswith("{")]
     assert len(parsed) >= len(raw) - 2  # at most a stray non-JSON line from the interpreter
+
+
+# --- Runware page shapes: tools, taskUUID spelling, prefill, context window, capabilities
+
+
+def _sim_last_call(stack, marker: str) -> dict:
+    calls = httpx.get(f"{stack.sim_url}/_sim/calls", params={"contains": marker}).json()
+    assert calls["count"] >= 1
+    return calls["last"]["body"]
+
+
+@pytest.mark.parametrize("where", ["tools", "settings.tools"])
+def test_openai_shaped_tools_reach_the_upstream_as_one_form(api: Api, stack, where: str) -> None:
+    marker = uuid.uuid4().hex
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    fields = {"tools": [tool]} if where == "tools" else {"settings": {"tools": [tool]}}
+    [item] = api.post([text_task(f"{marker} call get_weather city=Oslo", **fields)]).json()["data"]
+    assert item["toolCalls"][0]["name"] == "get_weather"
+    assert item["toolCalls"][0]["input"] == {"city": "Oslo"}
+    assert _sim_last_call(stack, marker)["tools"] == [tool]
+
+
+def test_task_uuid_in_capitals_is_echoed_and_is_one_task(api: Api, stack) -> None:
+    marker = uuid.uuid4().hex
+    lower = str(uuid.uuid4())
+    upper = lower.upper()
+    task = text_task(f"Spelling {marker}", seed=4, taskUUID=upper)
+    response = api.post([task])
+    assert response.status_code == 200, response.text
+    [item] = response.json()["data"]
+    assert item["taskUUID"] == upper and item["status"] == "success"
+    # the lower-case spelling is the same task: same body, no new work, its own spelling back
+    again = api.post([{**task, "taskUUID": lower}])
+    assert again.status_code == 200, again.text
+    assert again.json()["data"][0]["taskUUID"] == lower
+    assert again.json()["data"][0]["text"] == item["text"]
+    assert (
+        httpx.get(f"{stack.sim_url}/_sim/calls", params={"contains": marker}).json()["count"] == 1
+    )
+    [found] = api.get_response(lower).json()["data"]
+    assert found["taskUUID"] == lower and found["text"] == item["text"]
+    # a different body under either spelling conflicts
+    changed = {**task, "taskUUID": lower, "messages": [{"role": "user", "content": "other"}]}
+    conflict = api.post([changed])
+    assert conflict.status_code == 409
+    assert conflict.json()["errors"][0]["taskUUID"] == lower
+    # URL paths take any spelling too (the task exists; it has no webhook)
+    response = api.http.post(
+        f"/v1/tasks/{upper}/webhooks/redeliver", headers={"Authorization": f"Bearer {KEY_A}"}
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["code"] == "invalidWebhookURL"
+
+
+def test_an_assistant_prefill_is_continued(api: Api, stack) -> None:
+    marker = uuid.uuid4().hex
+    prompt = f"Prefill {marker}"
+    [whole] = api.post([text_task(prompt, seed=9)]).json()["data"]
+    words = whole["text"].split(" ")
+    prefill = " ".join(words[:3])
+    messages = [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": prefill},
+    ]
+    response = api.post([text_task(seed=9, messages=messages)])
+    assert response.status_code == 200, response.text
+    [item] = response.json()["data"]
+    # the answer carries on from the prefill: prefill + continuation reads as the answer to
+    # the prompt alone, continued for as many new tokens as an answer has
+    assert item["text"].startswith(" " + " ".join(words[3:]) + " ")
+    assert (prefill + item["text"]).startswith(whole["text"])
+    assert len(item["text"].split()) == len(words)
+    sent = _sim_last_call(stack, marker)["messages"]
+    assert sent[-1] == {"role": "assistant", "content": prefill}
+
+
+def test_a_prompt_over_the_context_window_is_refused(api: Api) -> None:
+    # taskwire:tiny@1 has an 8,000-token window: 7,500 words cannot fit with 1,000 more
+    long = " ".join(["word"] * 7_500)
+    task = text_task(long, model="taskwire:tiny@1", settings={"maxTokens": 1000})
+    error = _only_error(api.post([task]))
+    assert error["code"] == "contextLengthExceeded"
+    assert error["parameter"] == "messages"
+    assert "8000" in error["message"]
+    # the same prompt with a smaller maxTokens fits (no refusal of a prompt that fits)
+    fits = text_task(
+        " ".join(["word"] * 6_000),
+        model="taskwire:tiny@1",
+        settings={"maxTokens": 1000},
+        deliveryMethod="async",
+    )
+    assert api.post([fits]).status_code == 200
+
+
+def test_models_list_says_what_the_model_can_do(api: Api) -> None:
+    response = api.http.get("/v1/models", headers={"Authorization": f"Bearer {KEY_A}"})
+    assert response.status_code == 200
+    models = {model["id"]: model for model in response.json()["data"]}
+    main = models[MODEL]
+    assert main["capabilities"] == {
+        "imageInput": True,
+        "tools": True,
+        "structuredOutput": True,
+        "thinkingLevels": ["off", "low", "medium", "high"],
+        "assistantPrefill": True,
+    }
+    assert main["pricing"]["cached_input"] == 0.08
+    assert models["taskwire:tiny@1"]["capabilities"]["assistantPrefill"] is False
+
+
+# --- never a 500 for client input
+
+
+def _raw_post(api: Api, body: bytes, path: str = "/v1") -> httpx.Response:
+    return api.http.post(
+        path,
+        content=body,
+        headers={"Authorization": f"Bearer {KEY_A}", "Content-Type": "application/json"},
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"taskType":"\\ud800"}]',
+        b'[{"taskType":"getResponse","taskUUID":"\\udfff"}]',
+        b'[{"taskType":"textInference","taskUUID":"x","model":"\\udc00\\ud800"}]',
+    ],
+    ids=["task-type", "task-uuid", "reversed-pair"],
+)
+def test_lone_surrogates_are_refused_as_json(api: Api, body: bytes) -> None:
+    response = _raw_post(api, body)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["errors"][0]["code"] == "invalidRequestBody"
+
+
+@pytest.mark.parametrize("field", ["providerSettings", "jsonSchema", "tools"])
+def test_over_deep_free_form_objects_are_refused(api: Api, field: str) -> None:
+    deep = "{}"
+    for _ in range(300):
+        deep = '{"a":' + deep + "}"
+    task = text_task(outputFormat="JSON") if field == "jsonSchema" else text_task()
+    body = json.dumps([task])[:-2]
+    if field == "tools":
+        body += f', "tools": [{{"type": "function", "name": "f", "schema": {deep}}}]}}]'
+    else:
+        body += f', "{field}": {deep}}}]'
+    response = _raw_post(api, body.encode())
+    assert response.status_code == 400, response.text
+    error = response.json()["errors"][0]
+    assert error["parameter"] == ("tools.0.schema" if field == "tools" else field)
+    assert "deeper than 64" in error["message"]
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_refused(api: Api, number: str) -> None:
+    body = json.dumps([text_task()])[:-2] + f', "providerSettings": {{"x": {number}}}}}]'
+    response = _raw_post(api, body.encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["code"] == "invalidRequestBody"
+
+
+def test_a_trailing_slash_is_served_or_a_json_404(api: Api) -> None:
+    response = _raw_post(api, b'[{"taskType":"ping","ping":true}]', path="/v1/")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"data": [{"taskType": "ping", "pong": True}]}
+    response = api.http.get("/v1/models/", headers={"Authorization": f"Bearer {KEY_A}"})
+    assert response.status_code == 404
+    assert response.json()["errors"][0]["code"] == "notFound"
+
+
+def test_a_header_key_that_differs_from_the_authentication_task_is_401(api: Api) -> None:
+    response = api.post([{"taskType": "authentication", "apiKey": KEY_B}, text_task()])
+    assert response.status_code == 401
+    error = response.json()["errors"][0]
+    assert error == {**error, "code": "invalidApiKey", "parameter": "apiKey"}
+
+
+def test_query_parameter_errors_name_the_parameter(api: Api) -> None:
+    response = api.http.post(
+        f"/v1/tasks/{uuid.uuid4()}/webhooks/redeliver",
+        params={"resultIndex": 9},
+        headers={"Authorization": f"Bearer {KEY_A}"},
+    )
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert error == {**error, "code": "invalidResultIndex", "parameter": "resultIndex"}
+    response = api.http.post(
+        f"/v1/tasks/{uuid.uuid4()}/webhooks/redeliver",
+        params={"resultIndex": "two"},
+        headers={"Authorization": f"Bearer {KEY_A}"},
+    )
+    assert response.json()["errors"][0]["parameter"] == "resultIndex"

@@ -280,8 +280,8 @@ def test_image_inputs_in_every_form(make_stack: StackFactory) -> None:
         ]
     )
     [uploaded] = upload.json()["data"]
-    assert uploaded["imageURL"].endswith(f"/v1/images/{uploaded['imageUUID']}.gif")
-    served = api.http.get(uploaded["imageURL"])
+    assert f"/v1/images/{uploaded['imageUUID']}.gif?token=" in uploaded["imageURL"]
+    served = api.http.get(uploaded["imageURL"])  # signed: no key needed
     assert served.content == GIF and served.headers["content-type"] == "image/gif"
     marker = uuid.uuid4().hex
     images = [

@@ -14,9 +14,9 @@ import redis
 from httpx_sse import connect_sse
 
 from core.keys import Keys, TaskRef
+from core.tokens import StreamTokens
 from devenv.procs import wait_until
 from service.auth import key_digest, owner_id
-from service.tokens import StreamTokens
 from tests.conftest import KEY_A, KEY_B, Api, StackFactory, text_task
 from tests.sse import assemble, check_chunk, id_order, parse_strict
 
@@ -66,6 +66,7 @@ def test_stream_wire_format(api: Api) -> None:
         assert finals[index]["usage"] == item["usage"]
         assert finals[index]["cost"] == item["cost"]
         assert finals[index]["finishReason"] == item["finishReason"]
+        assert finals[index]["seed"] == item["seed"] == 5 + index
     # reasoning comes before text within each result
     for index in (0, 1):
         chunks = [
@@ -88,7 +89,7 @@ def test_stream_wire_format(api: Api) -> None:
 
 
 def test_usage_and_cost_only_when_asked(api: Api) -> None:
-    task = text_task("[[sim:tokens=5]]", deliveryMethod="stream")
+    task = text_task("[[sim:tokens=5]]", deliveryMethod="stream", includeCost=False)
     _, raw = stream_post(api, task)
     events = parse_strict(raw).events
     [final] = [e.json for e in events if not e.done and "finishReason" in e.json]
@@ -175,7 +176,8 @@ def test_resume_after_disconnects_at_random_points(api: Api) -> None:
     ) as response:
         received += _read_events(response, stop_after=rng.randint(1, 4))
     reconnects = 0
-    while not (received and received[-1][1] == "[DONE]"):
+    finished = False
+    while not finished:
         last = received[-1][0]
         use_header = reconnects % 2 == 0
         headers = {"Authorization": f"Bearer {KEY_A}"}
@@ -187,8 +189,11 @@ def test_resume_after_disconnects_at_random_points(api: Api) -> None:
         with api.http.stream(
             "GET", events_url(task["taskUUID"]), headers=headers, params=params
         ) as response:
-            assert response.status_code == 200
-            received += _read_events(response, stop_after=rng.randint(1, 6))
+            # 204: the drop came right after the last result, before [DONE]; nothing is left
+            assert response.status_code in (200, 204)
+            if response.status_code == 200:
+                received += _read_events(response, stop_after=rng.randint(1, 6))
+            finished = response.status_code == 204 or received[-1][1] == "[DONE]"
         reconnects += 1
     assert reconnects >= 3
     ids = [event_id for event_id, data in received if data != "[DONE]"]
@@ -200,6 +205,44 @@ def test_resume_after_disconnects_at_random_points(api: Api) -> None:
             text[chunk["resultIndex"]] += chunk.get("delta", {}).get("text", "")
     items = final_items(api, task["taskUUID"])
     assert [text[0], text[1]] == [items[0]["text"], items[1]["text"]]  # no gap
+
+
+def test_reattaching_past_the_end_of_a_finished_task_answers_204(api: Api) -> None:
+    task = text_task("[[sim:tokens=8]]", deliveryMethod="async", seed=13)
+    [ack] = api.post([task]).json()["data"]
+    link = ack["links"]["stream"]
+    key = {"Authorization": f"Bearer {KEY_A}"}
+    with api.http.stream("GET", link) as response:  # read to the end: the task finishes
+        events = parse_strict(response.read()).events
+    assert events[-1].done
+    last = events[-1].id
+    # at the last event: nothing left, so "stop reconnecting" (with CORS for a browser)
+    response = api.http.get(link, headers={"Last-Event-ID": last})
+    assert response.status_code == 204
+    assert response.content == b""
+    assert response.headers["access-control-allow-origin"] == "*"
+    by_key = api.http.get(events_url(task["taskUUID"]), headers=key, params={"after": last})
+    assert by_key.status_code == 204
+    # before the last result's final event, or with no position at all: the rest, then [DONE]
+    before = events[-3].id
+    with api.http.stream("GET", link, headers={"Last-Event-ID": before}) as response:
+        assert response.status_code == 200
+        rest = parse_strict(response.read()).events
+    assert [e.id for e in rest] == [e.id for e in events[-2:]]
+    with api.http.stream("GET", link) as response:
+        assert response.status_code == 200
+        assert parse_strict(response.read()).events[-1].done
+
+
+def test_a_running_task_is_not_finished_for_a_client_that_caught_up(api: Api) -> None:
+    task = text_task("[[sim:tokens=40,tps=20]]", deliveryMethod="async", seed=14)
+    [ack] = api.post([task]).json()["data"]
+    link = ack["links"]["stream"]
+    with api.http.stream("GET", link) as response:
+        first = _read_events(response, stop_after=1)
+    with api.http.stream("GET", link, headers={"Last-Event-ID": first[-1][0]}) as response:
+        assert response.status_code == 200
+        assert parse_strict(response.read()).events[-1].done
 
 
 def _read_events(response: httpx.Response, stop_after: int) -> list[tuple[str, str]]:
@@ -249,7 +292,8 @@ def test_a_slow_reader_does_not_hold_up_the_worker(api: Api) -> None:
 def test_stream_url_tokens(api: Api, stack) -> None:
     task = text_task("[[sim:tokens=6]]", deliveryMethod="async")
     [ack] = api.post([task]).json()["data"]
-    url = ack["streamURL"]
+    url = ack["links"]["stream"]
+    assert url.startswith(f"{stack.api_url}/v1/tasks/{task['taskUUID']}/events?token=")
     other = text_task("[[sim:tokens=6]]", deliveryMethod="async")
     [other_ack] = api.post([other]).json()["data"]
     anonymous = httpx.Client(base_url=stack.api_url, timeout=30)
@@ -265,7 +309,7 @@ def test_stream_url_tokens(api: Api, stack) -> None:
     assert response.status_code == 401
     assert response.json()["errors"][0]["code"] == "invalidStreamToken"
     # another task's token
-    other_token = other_ack["streamURL"].partition("?token=")[2]
+    other_token = other_ack["links"]["stream"].partition("?token=")[2]
     assert anonymous.get(f"{path}?token={other_token}").status_code == 401
     # expired: minted with the server's secret, an hour too old
     client = redis.Redis.from_url(stack.redis_url)

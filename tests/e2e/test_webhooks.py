@@ -100,7 +100,7 @@ def test_each_result_is_delivered_signed(api: Api, receiver: Receiver) -> None:
         payload = verifier.verify(request.body, request.headers)  # raises if not genuine
         [item] = payload["data"]
         shown = items[item["resultIndex"]]
-        assert item == {k: v for k, v in shown.items() if k not in ("streamURL", "webhook")}
+        assert item == {k: v for k, v in shown.items() if k not in ("links", "webhook")}
         assert request.headers["content-type"] == "application/json"
         assert request.headers["webhook-signature"].startswith("v1,")
         ids.add(request.headers["webhook-id"])
@@ -218,6 +218,14 @@ def test_secret_rotation_signs_with_both(api: Api, receiver: Receiver) -> None:
     assert secret(api, KEY_A) != new  # each key has its own
 
 
+# URLs the old guard (urllib, inet_aton) read one way and httpx (the client) another.
+HOSTILE = [
+    "http://0127.0.0.1/x.png",
+    "http://xn--127-0.0.0.1/x.png",
+    "http://[v1.fe80::a]/x.png",
+]
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -229,6 +237,8 @@ def test_secret_rotation_signs_with_both(api: Api, receiver: Receiver) -> None:
         "http://[fd00::1]/hook",
         "http://0.0.0.0/hook",
         "ftp://example.com/hook",
+        "http://[fec0::1]/hook",
+        *HOSTILE,
     ],
 )
 def test_forbidden_urls_are_refused_at_submit(api: Api, url: str) -> None:
@@ -237,6 +247,21 @@ def test_forbidden_urls_are_refused_at_submit(api: Api, url: str) -> None:
     error = response.json()["errors"][0]
     assert error["code"] == "invalidWebhookURL"
     assert error["parameter"] == "webhookURL"
+
+
+@pytest.mark.parametrize("url", HOSTILE)
+def test_urls_httpx_cannot_parse_are_refused_as_images(api: Api, url: str) -> None:
+    """The same parser guards image URLs: refused with the parameter named, never a 500 and
+    never a task that fails later."""
+    upload = {"taskType": "imageUpload", "taskUUID": text_task()["taskUUID"], "image": url}
+    response = api.post([upload])
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert (error["code"], error["parameter"]) == ("invalidImage", "image")
+    response = api.post([text_task(inputs={"images": [url]})])
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert (error["code"], error["parameter"]) == ("invalidImages", "inputs.images.0")
 
 
 def test_worker_killed_during_delivery(make_stack: StackFactory) -> None:
@@ -253,4 +278,87 @@ def test_worker_killed_during_delivery(make_stack: StackFactory) -> None:
         first, second = receiver.requests("/slow")
         assert first.headers["webhook-id"] == second.headers["webhook-id"]
         assert state["state"] == "delivered"
+        api.close()
+
+
+def lose_delivery_job(stack: Stack, task_uuid: str) -> None:
+    """What a lost delivery job looks like: the delivery is still pending, but its arq job
+    is neither queued nor leased (arq dropped it after an error, say)."""
+    client = stack.redis_client()
+    suffix = f":{task_uuid}:0:webhook"
+    [member] = [
+        raw.decode()
+        for raw in client.zrange("tw:q:delayed", 0, -1)
+        if raw.decode().endswith(suffix)
+    ]
+    job_id = member.partition("|")[2]
+    client.zrem("tw:q:delayed", member)
+    client.delete(f"arq:job:{job_id}", f"arq:in-progress:{job_id}")
+    client.close()
+
+
+def redeliver(api: Api, task_uuid: str) -> dict[str, Any]:
+    response = api.http.post(
+        f"/v1/tasks/{task_uuid}/webhooks/redeliver", headers={"Authorization": f"Bearer {KEY_A}"}
+    )
+    assert response.status_code in (200, 202), response.text
+    [item] = response.json()["data"]
+    assert response.status_code == (202 if item["resent"] else 200)
+    return dict(item)
+
+
+def pending_after_first_attempt(api: Api, receiver: Receiver, path: str) -> str:
+    """A task whose delivery failed once and waits (on the schedule) for its next attempt."""
+    url = receiver.answer(path, (500, {}, 0), (200, {}, 0))
+    task = text_task("[[sim:tokens=4]]", deliveryMethod="async", webhookURL=url)
+    api.post([task])
+    wait_for(lambda: webhook_state(api, task["taskUUID"])[0].get("attempts") == 1, 20, "attempt 1")
+    return str(task["taskUUID"])
+
+
+SLOW_SCHEDULE = {**WEBHOOK_ENV, "TASKWIRE_WEBHOOK_SCHEDULE_S": "0,2,2"}
+
+
+def test_a_delivery_whose_job_was_lost_is_found_by_the_sweep(make_stack: StackFactory) -> None:
+    with running_receiver() as receiver:
+        stack = make_stack(env={**SLOW_SCHEDULE, "TASKWIRE_WEBHOOK_SWEEP_INTERVAL_S": "0.5"})
+        api = Api(stack)
+        task_uuid = pending_after_first_attempt(api, receiver, "/lost")
+        lose_delivery_job(stack, task_uuid)
+        [state] = wait_state(api, task_uuid, "delivered")
+        assert state["attempts"] == 2
+        assert len(receiver.requests("/lost")) == 2
+        client = stack.redis_client()
+        assert client.zcard("tw:webhooks:pending") == 0  # the index forgets settled ones
+        client.close()
+        api.close()
+
+
+def test_redeliver_resends_delivered_and_stuck_but_not_those_on_their_way(
+    make_stack: StackFactory,
+) -> None:
+    with running_receiver() as receiver:
+        stack = make_stack(
+            env={
+                **WEBHOOK_ENV,
+                "TASKWIRE_WEBHOOK_SCHEDULE_S": "0,10,10",
+                "TASKWIRE_WEBHOOK_SWEEP_INTERVAL_S": "3600",
+            }
+        )
+        api = Api(stack)
+        task_uuid = pending_after_first_attempt(api, receiver, "/stuck")
+        # pending with its job queued for the next attempt: already on its way
+        item = redeliver(api, task_uuid)
+        assert (item["resent"], item["webhook"]["state"]) == (False, "pending")
+        # pending with its job lost: stuck, and re-sent on request
+        lose_delivery_job(stack, task_uuid)
+        assert redeliver(api, task_uuid)["resent"] is True
+        [state] = wait_state(api, task_uuid, "delivered")
+        assert state["attempts"] == 2
+        # delivered: re-sent on request too (a receiver that lost it asks again)
+        assert redeliver(api, task_uuid)["resent"] is True
+        wait_for(lambda: len(receiver.requests("/stuck")) == 3, 20, "the re-sent delivery")
+        [state] = wait_state(api, task_uuid, "delivered")
+        assert state["attempts"] == 3
+        assert len({r.headers["webhook-id"] for r in receiver.requests("/stuck")}) == 1
         api.close()

@@ -14,7 +14,8 @@ def test_shipped_catalog_has_gpt_5_4_mini_with_reference_prices() -> None:
     catalog = Catalog.load(PROJECT_ROOT / "deploy" / "models.toml")
     model = catalog.get("openai:gpt@5.4-mini")
     assert model is not None
-    assert model.price == Price(input=0.75, cached_input=0.075, output=4.50)
+    # Vivgrid's page: $0.75 input, $0.08 cached input, $4.50 output (OpenAI's rates)
+    assert model.price == Price(input=0.75, cached_input=0.08, output=4.50)
     assert model.context_window == 400_000
     assert model.max_output_tokens == 128_000
     names = [route.name for route in model.routes]
@@ -62,3 +63,41 @@ def test_invalid_catalogs_are_refused(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(ValueError, match="no models"):
         Catalog.load(path)
+
+
+def test_shipped_catalog_states_capabilities_and_prefill_per_route() -> None:
+    catalog = Catalog.load(PROJECT_ROOT / "deploy" / "models.toml")
+    model = catalog.get("openai:gpt@5.4-mini")
+    assert model is not None
+    capabilities = model.capabilities
+    assert capabilities.image_input and capabilities.tools and capabilities.structured_output
+    assert capabilities.thinking_levels == ("off", "low", "medium", "high")
+    prefill = {route.name: route.allows_prefill for route in model.routes}
+    assert prefill["vivgrid"] and prefill["openrouter"] and prefill["runware"]
+    assert not prefill["ourtoken"] and not prefill["segmind"]
+    assert model.allows_prefill
+
+
+def test_a_route_may_override_its_adapters_prefill_default(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text(
+        """
+[models."m:x@1"]
+name = "X"
+context_window = 1000
+max_output_tokens = 100
+price = { input = 1, output = 2 }
+
+[[models."m:x@1".routes]]
+name = "chat"
+adapter = "openai-chat"
+base_url = "http://127.0.0.1:1/v1"
+model = "x"
+api_key_env = "X_KEY"
+assistant_prefill = false
+"""
+    )
+    model = Catalog.load(path).get("m:x@1")
+    assert model is not None
+    assert not model.routes[0].allows_prefill and not model.allows_prefill
+    assert model.capabilities.thinking_levels == () and not model.capabilities.tools

@@ -59,7 +59,7 @@ REFUSED = {
     "http://127.1/": "loopback",
     "http://2130706433/": "loopback",
     "http://0x7f000001/": "loopback",
-    "http://0177.0.0.1/": "loopback",
+    "http://0177.0.0.1/": "not a valid URL",  # httpx refuses 0-prefixed dotted quads
     "http://0x7f.1/": "loopback",
     "http://[::1]/": "loopback",
     "http://[::ffff:127.0.0.1]/": "loopback",
@@ -85,6 +85,8 @@ REFUSED = {
     "http://0.0.0.0/": "unspecified",
     "http://[::]/": "unspecified",
     "http://[fd12:3456::1]/": "unique-local",
+    "http://[fec0::1]/": "site-local",
+    "http://[feff:ffff::1]/": "site-local",
     # IPv4 embedded in IPv6, unwrapped
     "http://[64:ff9b::a00:1]/": "carries 10.0.0.1",
     "http://[64:ff9b::7f00:1]/": "carries 127.0.0.1",
@@ -97,6 +99,15 @@ REFUSED = {
     "file:///etc/passwd": "only http and https",
     "gopher://public.test/": "only http and https",
     "http:///path": "no host",
+    # what httpx (the client) cannot represent is refused, not read some other way
+    "http://0127.0.0.1/hook": "not a valid URL",  # inet_aton: 87.0.0.1; httpx: invalid
+    "http://xn--127-0.0.0.1/hook": "not a valid URL",  # a bad IDNA A-label
+    "http://[v1.fe80::a]/x.png": "not a valid URL",  # an IPvFuture literal
+    "http://[fe80::1%25eth0]/": "zone",
+    "http://%31%32%37.0.0.1/": "not a valid host name",
+    "http://public.test:65536/": "port 65536",
+    "http://public.test:0/": "port 0",
+    "http:public.test": "no host",
 }
 
 
@@ -110,6 +121,43 @@ async def test_allowed(url: str) -> None:
 async def test_refused(url: str, reason: str) -> None:
     with pytest.raises(OutboundRefused, match=reason):
         await check_url(url, OutboundPolicy(), stub_resolver)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://Public.TEST/hook",
+        "http://bücher.test/hook",
+        "http://user@public.test:8080/",
+        "http://1.2.3.4\\@public.test/",
+        "https://[2606:2800:220:1:248:1893:25c8:1946]/",
+        "http://2130706433/",
+    ],
+)
+async def test_the_host_checked_is_the_host_httpx_dials(url: str) -> None:
+    """One parser: the guard resolves exactly the host httpx will hand to connect_tcp."""
+    seen: list[str] = []
+
+    async def recording(host: str) -> list[str]:
+        seen.append(host)
+        return [PUBLIC_V4]
+
+    policy = OutboundPolicy(["127.0.0.0/8"])
+    target = await check_url(url, policy, recording)
+    dialed = httpx.URL(url).raw_host.decode("ascii")
+    assert target.host == dialed.lower()
+    assert seen in ([], [target.host])  # literals are not looked up
+
+
+@pytest.mark.parametrize(
+    "url", ["http://0127.0.0.1/hook", "http://xn--127-0.0.0.1/hook", "http://[v1.fe80::a]/"]
+)
+async def test_the_client_refuses_what_it_cannot_parse(url: str) -> None:
+    """Delivery and image fetches see a refusal, not httpx's InvalidURL or IDNAError."""
+    client = GuardedClient(OutboundPolicy(), resolver=stub_resolver)
+    with pytest.raises(OutboundRefused, match="not a valid URL"):
+        await client.request("POST", url, content=b"{}")
+    await client.aclose()
 
 
 async def test_unresolvable_is_its_own_verdict() -> None:

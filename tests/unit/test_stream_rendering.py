@@ -8,8 +8,8 @@ import pytest
 
 from core.errors import AuthenticationFailed
 from core.events import Event
+from core.tokens import ImageTokens, StreamTokens
 from service.streaming import ChunkRenderer
-from service.tokens import StreamTokens
 
 UUID = "3f2b6c1e-7d4a-4e9b-9a1c-2b7e5d8f0a13"
 
@@ -58,6 +58,7 @@ def test_deltas_finals_errors_and_done() -> None:
         "resultIndex": 0,
         "delta": {},
         "finishReason": "length",
+        "seed": 1,
         "usage": {"promptTokens": 1},
         "cost": 0.5,
     }
@@ -120,3 +121,18 @@ def test_stream_tokens() -> None:
     with pytest.raises(AuthenticationFailed):  # a longer expiry cannot be forged
         tokens.verify(f"{owner}.{int(expires) + 10_000}.{mac}", UUID, now=1000)
     assert StreamTokens(b"other" * 8, 60).issue("owner1", UUID, now=1000) != token
+
+
+def test_stream_and_image_tokens_are_not_interchangeable() -> None:
+    stream = StreamTokens(b"k" * 32, ttl_s=60)
+    image = ImageTokens(b"k" * 32, ttl_s=60)
+    with pytest.raises(AuthenticationFailed) as caught:
+        image.verify(stream.issue("owner1", UUID, now=1000), UUID, now=1000)
+    assert caught.value.code == "invalidImageToken"
+    with pytest.raises(AuthenticationFailed):
+        stream.verify(image.issue("owner1", UUID, now=1000), UUID, now=1000)
+    url = image.image_url("https://api.example.com/", "owner1", UUID, "png")
+    assert url.startswith(f"https://api.example.com/v1/images/{UUID}.png?token=owner1.")
+    assert stream.stream_url("https://api.example.com", "o", UUID).startswith(
+        f"https://api.example.com/v1/tasks/{UUID}/events?token=o."
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import httpx
+import pytest
 from standardwebhooks import Webhook
 
 from core.deliveries import DeliveryState
@@ -82,3 +84,36 @@ def test_decisions() -> None:
     assert (state.state, retry, state.attempts) == ("failed", None, 8)
     resent = state.resent(now=123.0)
     assert (resent.state, resent.cycle, resent.attempts) == ("pending", 0, 8)
+
+
+class _Secrets:
+    async def get(self, owner: str) -> SecretState:
+        return SecretState(new_secret(), None, None)
+
+
+class _Exploding:
+    deadline_s = 1.0
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    async def request(self, *args: object, **kwargs: object) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc", [httpx.InvalidURL("bad"), UnicodeError("idna"), RuntimeError("anything")]
+)
+async def test_any_failure_of_an_attempt_is_a_failed_attempt(exc: Exception) -> None:
+    """Nothing an attempt raises (bar storage trouble) escapes the job and loses it."""
+    d = WebhookDeliverer(
+        deliveries=None,  # type: ignore[arg-type]
+        secrets=_Secrets(),  # type: ignore[arg-type]
+        client=_Exploding(exc),  # type: ignore[arg-type]
+        schedule=SCHEDULE,
+    )
+    outcome = await d.attempt("http://public.test/", "msg_1", "owner", b"{}")
+    assert outcome.status is None
+    assert outcome.error == f"the attempt failed ({type(exc).__name__})"
+    state, retry = d.next_state(DeliveryState(), outcome)
+    assert (state.state, state.attempts, retry) == ("pending", 1, 5)
