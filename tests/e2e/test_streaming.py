@@ -93,7 +93,7 @@ def test_usage_and_cost_only_when_asked(api: Api) -> None:
     _, raw = stream_post(api, task)
     events = parse_strict(raw).events
     [final] = [e.json for e in events if not e.done and "finishReason" in e.json]
-    assert set(final) == {"taskUUID", "taskType", "resultIndex", "delta", "finishReason"}
+    assert set(final) == {"taskUUID", "taskType", "resultIndex", "delta", "finishReason", "seed"}
 
 
 def test_validation_errors_before_the_stream_are_json(api: Api) -> None:
