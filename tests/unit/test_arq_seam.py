@@ -1,0 +1,85 @@
+"""What worker/queue.py relies on inside arq. If an arq upgrade moves any of it, this fails
+loudly here, naming what moved, instead of somewhere deep in a worker at run time."""
+
+from __future__ import annotations
+
+import inspect
+
+import arq
+import arq.constants
+from arq.worker import Worker
+
+from core.keys import (
+    ARQ_IN_PROGRESS_PREFIX,
+    ARQ_JOB_PREFIX,
+    ARQ_RETRY_PREFIX,
+)
+
+
+def test_arq_is_a_version_the_seam_was_written_for() -> None:
+    major, minor = (int(part) for part in arq.VERSION.split(".")[:2])
+    assert (major, minor) >= (0, 26) and (major, minor) < (0, 29), arq.VERSION
+
+
+def test_arq_key_prefixes_are_the_ones_taskwire_writes() -> None:
+    assert arq.constants.job_key_prefix == ARQ_JOB_PREFIX
+    assert arq.constants.in_progress_key_prefix == ARQ_IN_PROGRESS_PREFIX
+    assert arq.constants.retry_key_prefix == ARQ_RETRY_PREFIX
+
+
+def _parameters(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+def test_the_worker_methods_the_seam_overrides_or_calls_keep_their_signatures() -> None:
+    assert _parameters(Worker.run_job) == ["self", "job_id", "score"]
+    assert _parameters(Worker.finish_job) == [
+        "self",
+        "job_id",
+        "finish",
+        "result_data",
+        "result_timeout_s",
+        "keep_result_forever",
+        "incr_score",
+        "keep_in_progress",
+    ]
+    assert _parameters(Worker.finish_failed_job) == ["self", "job_id", "result_data"]
+    for name in ("main", "heart_beat", "close", "run"):
+        assert callable(getattr(Worker, name)), name
+    init = _parameters(Worker.__init__)
+    for name in (
+        "functions",
+        "queue_name",
+        "redis_pool",
+        "on_startup",
+        "on_shutdown",
+        "max_jobs",
+        "job_timeout",
+        "keep_result",
+        "poll_delay",
+        "max_tries",
+        "health_check_interval",
+        "job_completion_wait",
+        "job_serializer",
+        "job_deserializer",
+        "ctx",
+    ):
+        assert name in init, f"arq.Worker() no longer takes {name}"
+
+
+def test_the_worker_state_the_seam_reads_is_still_there() -> None:
+    async def noop(ctx: dict[str, object]) -> None:
+        return None
+
+    worker = Worker(functions=[noop], redis_pool=object(), ctx={"x": 1})  # type: ignore[arg-type]
+    for attribute in ("tasks", "job_counter", "allow_pick_jobs", "ctx", "max_jobs", "_pool"):
+        assert hasattr(worker, attribute), f"arq.Worker has no {attribute} any more"
+    assert worker.ctx["x"] == 1
+
+
+def test_run_job_hands_functions_the_documented_ctx_keys() -> None:
+    # arq builds each job's ctx from these names (worker/queue.py's job_function reads them)
+    source = inspect.getsource(Worker.run_job)
+    for key in ("'job_id'", "'job_try'"):
+        assert key in source, f"arq's run_job no longer sets {key} in ctx"
+    assert "self.finish_job(" in source and "self.finish_failed_job(" in source
