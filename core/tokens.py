@@ -88,7 +88,9 @@ class StreamTokens(Signer):
         super().__init__(secret, "stream", ttl_s, "get a fresh stream link with getResponse")
 
     def stream_path(self, owner: str, task_uuid: str) -> str:
-        token = quote(self.issue(owner, task_uuid), safe=".")
+        # The token names the task by its canonical (lower-case) UUID; the path keeps the
+        # client's spelling, which the stream echoes.
+        token = quote(self.issue(owner, task_uuid.lower()), safe=".")
         return f"/v1/tasks/{task_uuid}/events?token={token}"
 
     def stream_url(self, base_url: str, owner: str, task_uuid: str) -> str:

@@ -58,9 +58,9 @@ async def task_events(
     until `[DONE]`. Authenticate with the API key, or with the token of a stream link."""
     cors = {"Access-Control-Allow-Origin": "*"} if token is not None else {}
     try:
-        checked_task_uuid(task_uuid)
+        canonical = checked_task_uuid(task_uuid)
         if token is not None:
-            owner = state.tokens.verify(token, task_uuid)
+            owner = state.tokens.verify(token, canonical)
         else:
             owner = state.keyring.authenticate(bearer_key(request))
         given = request.headers.get("last-event-id") or after
@@ -71,7 +71,7 @@ async def task_events(
                 code="invalidAfter",
                 parameter="after",
             )
-        ref = TaskRef(owner, task_uuid)
+        ref = TaskRef(owner, canonical)
         record = await state.store.get(ref)
         if record is None:
             raise TaskNotFound(

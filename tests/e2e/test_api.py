@@ -474,6 +474,15 @@ def test_task_uuid_in_capitals_is_echoed_and_is_one_task(api: Api, stack) -> Non
     )
     [found] = api.get_response(lower).json()["data"]
     assert found["taskUUID"] == lower and found["text"] == item["text"]
+    # the stream link of either spelling opens the one task's events
+    for spelling in (upper, lower):
+        [shown] = api.get_response(spelling).json()["data"]
+        events = httpx.get(shown["links"]["stream"], timeout=10)
+        assert events.status_code == 200, events.text
+        assert lower in events.text.lower() and "[DONE]" in events.text
+    upper_link = api.get_response(lower).json()["data"][0]["links"]["stream"].replace(lower, upper)
+    events = httpx.get(upper_link, timeout=10)
+    assert events.status_code == 200 and f'"taskUUID":"{upper}"' in events.text
     # a different body under either spelling conflicts
     changed = {**task, "taskUUID": lower, "messages": [{"role": "user", "content": "other"}]}
     conflict = api.post([changed])
