@@ -361,7 +361,8 @@ def parse_task(raw: Any) -> WireModel:
         raise TaskErrors(
             [
                 InvalidRequest(
-                    f"Unsupported taskType {task_type!r}; allowed: {', '.join(TASK_MODELS)}.",
+                    f"Unsupported taskType {_describe(task_type)}; allowed: "
+                    f"{', '.join(TASK_MODELS)}.",
                     code="invalidTaskType",
                     parameter="taskType",
                 )
@@ -373,6 +374,18 @@ def parse_task(raw: Any) -> WireModel:
         raise TaskErrors(errors_from_validation(exc, model)) from None
     except InvalidRequest as exc:
         raise TaskErrors([exc]) from None
+
+
+def _describe(value: Any) -> str:
+    """A client's value for an error message: short strings quoted, anything else by its
+    JSON type (never the repr of an arbitrarily deep structure)."""
+    if isinstance(value, str):
+        return repr(value[:64] + ("…" if len(value) > 64 else ""))
+    if isinstance(value, bool) or value is None:
+        return "a JSON " + ("boolean" if isinstance(value, bool) else "null")
+    if isinstance(value, int | float):
+        return "a JSON number"
+    return "a JSON object" if isinstance(value, dict) else "a JSON array"
 
 
 class TaskErrors(Exception):

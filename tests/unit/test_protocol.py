@@ -236,3 +236,19 @@ def test_get_response_and_ping() -> None:
     assert parse_task({"taskType": "getResponse", "taskUUID": u})
     assert errors_of({"taskType": "getResponse"})[0]["code"] == "missingTaskUUID"
     assert parse_task({"taskType": "ping", "ping": True})
+
+
+def test_a_deeply_nested_task_type_is_described_not_printed() -> None:
+    import pytest
+
+    from core.protocol import TaskErrors, parse_task
+
+    deep: dict[str, object] = {"a": 1}
+    for _ in range(5000):
+        deep = {"a": deep}
+    with pytest.raises(TaskErrors) as caught:
+        parse_task({"taskType": deep})
+    assert "a JSON object" in caught.value.errors[0].message
+    with pytest.raises(TaskErrors) as caught:
+        parse_task({"taskType": "x" * 10_000})
+    assert len(caught.value.errors[0].message) < 200
