@@ -60,14 +60,27 @@ class PayloadTooLarge(TaskwireError):
 
 
 class RateLimited(TaskwireError):
-    """A per-key limit was hit; the message names the limit, Retry-After says when to retry."""
+    """A per-key limit was hit; the message names the limit, Retry-After says when to retry
+    (whole seconds, at least 1)."""
 
     status = 429
-    default_code = "rateLimitExceeded"
+    default_code = "rateLimitExceeded"  # the request-rate buckets
 
-    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1):
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float = 1):
         super().__init__(message, code=code)
-        self.retry_after = retry_after
+        self.retry_after = max(retry_after, 1)
+
+
+class TokenLimitExceeded(RateLimited):
+    """The key's upstream tokens for this minute are spent."""
+
+    default_code = "tokenLimitExceeded"
+
+
+class QueueLimitExceeded(RateLimited):
+    """The key already has its quota of results waiting to run."""
+
+    default_code = "queueLimitExceeded"
 
 
 class ServiceUnavailable(TaskwireError):

@@ -38,6 +38,22 @@ class Keys:
         self.queue_prefix = f"{prefix}:q:"
         # Per-tenant settings the scheduler and limits read (weight, max_r, max_h, ...).
         self.tenant_prefix = f"{prefix}:tenant:"
+        # Per-key limits (core/limits.py): token buckets rate:<owner> (new work) and
+        # rate:<owner>:read (getResponse, imageUpload); upstream tokens per clock minute
+        # tpm:<owner>:<epoch minute>. The submit script builds the first and the last.
+        self.rate_prefix = f"{prefix}:rate:"
+        self.usage_prefix = f"{prefix}:tpm:"
+
+    def tenant(self, owner: str) -> str:
+        return self.tenant_prefix + owner
+
+    def rate_bucket(self, owner: str, bucket: str | None = None) -> str:
+        """A key's token bucket: new work (no name), or a named one ("read")."""
+        return f"{self.rate_prefix}{owner}" + (f":{bucket}" if bucket else "")
+
+    def token_usage(self, owner: str, minute: int) -> str:
+        """A key's upstream tokens in one clock minute (epoch seconds // 60)."""
+        return f"{self.usage_prefix}{owner}:{minute}"
 
     def task(self, ref: TaskRef) -> str:
         return f"{self.task_head}{ref.owner}:{ref.uuid}}}"

@@ -5,10 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class KeyLimits(BaseModel):
+    """One key's overrides of the `key_*` defaults; fields left out keep the default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight: float | None = Field(default=None, gt=0)
+    max_running: int | None = Field(default=None, ge=1)
+    max_deliveries: int | None = Field(default=None, ge=1)
+    max_queued: int | None = Field(default=None, ge=1)
+    rps: float | None = Field(default=None, ge=0)
+    burst: float | None = Field(default=None, ge=0)
+    read_rps: float | None = Field(default=None, ge=0)
+    read_burst: float | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
 
 
 class Settings(BaseSettings):
@@ -89,6 +105,21 @@ class Settings(BaseSettings):
     key_max_running: int = Field(default=1000, ge=1)  # results running at once
     key_max_deliveries: int = Field(default=50, ge=1)  # webhook deliveries at once
     key_max_queued: int = Field(default=50_000, ge=1)  # results waiting to run
+    # Request rate (token buckets, 0 = unlimited): each new textInference task takes one
+    # token; the bucket refills at key_rps a second and holds key_burst (0: one second's
+    # worth). getResponse and imageUpload tasks draw on a bucket of their own.
+    key_rps: float = Field(default=0.0, ge=0)
+    key_burst: float = Field(default=0.0, ge=0)
+    key_read_rps: float = Field(default=0.0, ge=0)
+    key_read_burst: float = Field(default=0.0, ge=0)
+    # Upstream tokens (prompt + completion) a key's results may use per clock minute before
+    # its new textInference tasks are refused until the minute ends (0 = unlimited).
+    key_tokens_per_minute: int = Field(default=0, ge=0)
+    # Per-key overrides of the key_* defaults, as JSON keyed by the key's owner id (see
+    # service/auth.py) or by one of the API keys itself (hashed at startup, never stored):
+    # {"<owner id>": {"rps": 5, "burst": 10, "tokens_per_minute": 20000, "max_running": 4}}.
+    # The API writes them into each key's tenant hash (tw:tenant:<owner>) at startup.
+    key_limits: dict[str, KeyLimits] = Field(default_factory=dict)
 
     # --- worker
     worker_max_jobs: int = Field(default=500, ge=1)

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from core.jobs import JOB_INPUT_FIELDS, JobInput, job_input_from
 from core.keys import ARQ_IN_PROGRESS_PREFIX, RUN_RESULT_JOB, Keys, TaskRef
+from core.limits import LIMITS_LIB, UNLIMITED, BucketDefaults, LimitHit, LimitKind
 from core.scheduler import BATCH, INTERACTIVE, LUA_LIB, JobClass
 
 __all__ = ["JOB_INPUT_FIELDS", "JobInput", "TaskStore", "job_input_from"]
@@ -38,6 +39,7 @@ class SubmitOutcome:
     queue_full: bool = False
     existing_fingerprint: str | None = None
     over_quota: int | None = None  # the key's queued-task quota, when the task exceeded it
+    limited: LimitHit | None = None  # the per-key limit that refused the task, if one did
 
 
 @dataclass(slots=True)
@@ -75,17 +77,31 @@ class FinishOutcome:
 
 
 # ARGV: queue prefix, tenant prefix, fingerprint, request, seeds, n, created ms, retention
-# s, max queue depth, default max queued per key, job class, then n job payloads and n job
-# ids. KEYS: the task record, then the n arq job keys. Returns {1} (created), {0, fp} (the
-# taskUUID exists), {-1} (the queue is full) or {-2, limit} (the key's own quota is full).
+# s, max queue depth, default max queued per key, job class, rate prefix, usage prefix,
+# default rps, default burst, default tokens per minute, then n job payloads and n job ids.
+# KEYS: the task record, then the n arq job keys. Returns {1} (created), {0, fp} (the
+# taskUUID exists), {-1} (the queue is full), {-2, limit} (the key's own queue quota is
+# full), {-3, limit, wait ms} (its tokens per minute are spent) or {-4, rps, wait ms} (its
+# request-rate bucket is empty). Only a created task takes a token from the bucket.
 _SUBMIT = (
     LUA_LIB
+    + LIMITS_LIB
     + """
 local existing = redis.call('HGET', KEYS[1], 'fp')
 if existing then return {0, existing} end
 local n = tonumber(ARGV[6])
-local owner = owner_of(ARGV[11 + n + 1])
-local quota = tonumber(redis.call('HGET', ARGV[2] .. owner, 'max_queued') or ARGV[10])
+local J = 16
+local owner = owner_of(ARGV[J + n + 1])
+local own = redis.call('HMGET', ARGV[2] .. owner, 'max_queued', 'rps', 'burst', 'tpm')
+local now = redis_now_ms()
+local rps = tonumber(own[2] or ARGV[14])
+local rate_key = ARGV[12] .. owner
+local wait = bucket(rate_key, rps, tonumber(own[3] or ARGV[15]), 1, now, false)
+if wait > 0 then return {-4, tostring(rps), wait} end
+local tpm = tonumber(own[4] or ARGV[16])
+wait = tokens_spent(ARGV[13], owner, tpm, now)
+if wait > 0 then return {-3, tpm, wait} end
+local quota = tonumber(own[1] or ARGV[10])
 if tonumber(redis.call('HGET', QP .. 'queued', owner) or '0') + n > quota then
   return {-2, quota}
 end
@@ -93,14 +109,15 @@ local waiting = redis.call('HMGET', QP .. 'depth', 'i', 'b')
 if tonumber(waiting[1] or '0') + tonumber(waiting[2] or '0') + n > tonumber(ARGV[9]) then
   return {-1}
 end
+bucket(rate_key, rps, tonumber(own[3] or ARGV[15]), 1, now, true)
 redis.call('HSET', KEYS[1], 'fp', ARGV[3], 'req', ARGV[4], 'seeds', ARGV[5], 'n', n,
            'created', ARGV[7], 'done', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 local ttl_ms = tonumber(ARGV[8]) * 1000
 local created = math.floor(tonumber(ARGV[7]))
 for i = 1, n do
-  redis.call('SET', KEYS[1 + i], ARGV[11 + i], 'PX', ttl_ms)
-  make_ready(ARGV[11], ARGV[11 + n + i], created)
+  redis.call('SET', KEYS[1 + i], ARGV[J + i], 'PX', ttl_ms)
+  make_ready(ARGV[11], ARGV[J + n + i], created)
 end
 return {1}
 """
@@ -189,6 +206,8 @@ class TaskStore:
         max_queue_depth: int = 200_000,
         max_queued_per_key: int = 50_000,
         event_maxlen: int = 10_000,
+        rate: BucketDefaults = UNLIMITED,
+        tokens_per_minute: int = 0,
     ):
         self.redis = redis
         self.keys = keys
@@ -196,6 +215,8 @@ class TaskStore:
         self.max_queue_depth = max_queue_depth
         self.max_queued_per_key = max_queued_per_key
         self.event_maxlen = event_maxlen
+        self.rate = rate  # new work's bucket, for keys without their own (tenant hash)
+        self.tokens_per_minute = tokens_per_minute  # likewise; 0: unlimited
         self._append = redis.register_script(_APPEND)
         self._finish = redis.register_script(_FINISH)
 
@@ -234,23 +255,17 @@ class TaskStore:
                     str(self.max_queue_depth),
                     str(self.max_queued_per_key),
                     job_class_of(task.request),
+                    self.keys.rate_prefix,
+                    self.keys.usage_prefix,
+                    str(self.rate.rate),
+                    str(self.rate.burst),
+                    str(self.tokens_per_minute),
                     *payloads,
                     *job_ids,
                 )
             pipe.publish(self.keys.wake, b"1")
             replies = await pipe.execute()
-        outcomes = []
-        for reply in replies[:-1]:
-            status = int(reply[0])
-            if status == 1:
-                outcomes.append(SubmitOutcome(created=True))
-            elif status == -1:
-                outcomes.append(SubmitOutcome(created=False, queue_full=True))
-            elif status == -2:
-                outcomes.append(SubmitOutcome(created=False, over_quota=int(reply[1])))
-            else:
-                outcomes.append(SubmitOutcome(created=False, existing_fingerprint=_text(reply[1])))
-        return outcomes
+        return [_submit_outcome(reply) for reply in replies[:-1]]
 
     async def get(self, ref: TaskRef) -> TaskRecord | None:
         raw = await self.redis.hgetall(self.keys.task(ref))  # type: ignore[misc]
@@ -360,6 +375,24 @@ class TaskStore:
             errors=int(reply[3]),
             created_ms=float(reply[4]),
         )
+
+
+def _submit_outcome(reply: list[Any]) -> SubmitOutcome:
+    status = int(reply[0])
+    if status == 1:
+        return SubmitOutcome(created=True)
+    if status == -1:
+        return SubmitOutcome(created=False, queue_full=True)
+    if status == -2:
+        quota = int(reply[1])
+        return SubmitOutcome(
+            created=False, over_quota=quota, limited=LimitHit("queued", quota, 5.0)
+        )
+    if status in (-3, -4):
+        kind: LimitKind = "tokens" if status == -3 else "rate"
+        hit = LimitHit(kind, float(reply[1]), int(reply[2]) / 1000)
+        return SubmitOutcome(created=False, limited=hit)
+    return SubmitOutcome(created=False, existing_fingerprint=_text(reply[1]))
 
 
 def _now_ms() -> int:

@@ -39,7 +39,8 @@ class Stack:
         self.sim_port = config.sim_port or free_port()
         self.api_port = config.api_port or free_port()
         self.sim: Process | None = None
-        self.api: Process | None = None
+        self.apis: list[Process] = []  # the first listens on api_port, the others on their own
+        self.api_ports: list[int] = []
         self.workers: list[Process] = []
         self._worker_seq = 0
 
@@ -48,6 +49,16 @@ class Stack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Every running API process's address (the first is `api_url`)."""
+        return [f"http://127.0.0.1:{port}" for port in self.api_ports]
+
+    @property
+    def api(self) -> Process | None:
+        """The first API process (the one on `api_url`)."""
+        return self.apis[0] if self.apis else None
 
     @property
     def sim_url(self) -> str:
@@ -124,11 +135,21 @@ class Stack:
         return worker
 
     def start_api(self) -> Process:
+        """Start an API process: the first on `api_port`, each further one (another replica
+        on the same Redis) on a free port of its own, listed in `api_urls`."""
+        port = self.api_port if not self.apis else free_port()
+        name = "api" if not self.apis else f"api{len(self.apis) + 1}"
+        api = self._run_api(name, port)
+        self.apis.append(api)
+        self.api_ports.append(port)
+        return api
+
+    def _run_api(self, name: str, port: int) -> Process:
         env = self.env()
-        env["PORT"] = str(self.api_port)
-        self.api = Process("api", python_argv("-m", "service"), env, self.log_dir).start()
-        wait_until(http_ok(f"{self.api_url}/health"), 30, "the API", self.api.check_alive)
-        return self.api
+        env["PORT"] = str(port)
+        api = Process(name, python_argv("-m", "service"), env, self.log_dir).start()
+        wait_until(http_ok(f"http://127.0.0.1:{port}/health"), 30, f"the {name}", api.check_alive)
+        return api
 
     def restart_crashed(self) -> list[str]:
         """Start again any process that has exited (Redis first: the others need it).
@@ -146,13 +167,14 @@ class Stack:
                 replacement = self.start_worker(name=worker.name)
                 self.workers.insert(index, replacement)
                 restarted.append(worker.name)
-        if self.api is not None and not self.api.running():
-            self.start_api()
-            restarted.append("api")
+        for index, api in enumerate(list(self.apis)):
+            if not api.running():
+                self.apis[index] = self._run_api(api.name, self.api_ports[index])
+                restarted.append(api.name)
         return restarted
 
     def stop(self) -> None:
-        for proc in [self.api, *self.workers, self.sim]:
+        for proc in [*self.apis, *self.workers, self.sim]:
             if proc is not None:
                 proc.stop()
         if self.redis_server is not None:

@@ -26,6 +26,7 @@ from core.protocol import (
     parse_task,
 )
 from service.batch import Batch, Slot
+from service.limits import check_reads
 from service.state import State
 from service.streaming import sse_body, sse_response
 
@@ -171,6 +172,7 @@ async def post_tasks(request: Request, state: State) -> Response:
         owner = state.keyring.authenticate(api_key)
         if not tasks:
             return json_response({"data": []}, 200)
+        await check_reads(state.read_bucket, owner, tasks)
         batch = Batch(
             owner=owner,
             settings=state.settings,

@@ -21,6 +21,7 @@ from core.events import EventHub
 from core.http_guard import GuardedClient
 from core.images import ImageStore
 from core.keys import Keys
+from core.limits import BucketDefaults, ReadBucket
 from core.logging import configure_logging
 from core.outbound import OutboundPolicy
 from core.settings import Settings
@@ -32,6 +33,7 @@ from service.auth import KeyRing
 from service.events_api import router as events_router
 from service.images import Images
 from service.images_api import router as images_router
+from service.limits import apply_key_limits, override_owners
 from service.origin import PublicOrigin, TrustedProxies
 from service.pages import router as pages_router
 from service.state import AppState
@@ -43,6 +45,7 @@ log = structlog.get_logger("taskwire.service")
 def create_app(settings: Settings) -> FastAPI:
     catalog = Catalog.load(settings.catalog_path)
     keyring = KeyRing(settings.all_api_keys())
+    override_owners(settings)  # a bad TASKWIRE_KEY_LIMITS fails here, before serving
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +64,10 @@ def create_app(settings: Settings) -> FastAPI:
             max_queue_depth=settings.max_queue_depth,
             max_queued_per_key=settings.key_max_queued,
             event_maxlen=settings.event_stream_maxlen,
+            rate=BucketDefaults(settings.key_rps, settings.key_burst),
+            tokens_per_minute=settings.key_tokens_per_minute,
         )
+        await apply_key_limits(redis, store.keys, settings)
         hub = EventHub(redis)
         await hub.start()
         secret = await load_secret(redis, settings)
@@ -92,6 +98,11 @@ def create_app(settings: Settings) -> FastAPI:
                 store.keys,
                 retention_s=settings.task_retention_s,
                 schedule_s=sum(settings.webhook_schedule_s),
+            ),
+            read_bucket=ReadBucket(
+                redis,
+                store.keys,
+                BucketDefaults(settings.key_read_rps, settings.key_read_burst),
             ),
         )
         log.info("service.started", models=catalog.ids(), api_keys=len(keyring))

@@ -14,7 +14,6 @@ from core.catalog import Catalog, ModelSpec
 from core.deliveries import DeliveryState
 from core.errors import (
     InvalidRequest,
-    RateLimited,
     ServiceUnavailable,
     TaskConflict,
     TaskNotFound,
@@ -40,6 +39,7 @@ from core.store import NewTask, TaskRecord, TaskStore
 from core.tokens import StreamTokens
 from service.delivery import collect_results, confirmed, result_items, watching
 from service.images import Images
+from service.limits import limit_error
 from service.streaming import ChunkRenderer
 
 
@@ -299,15 +299,8 @@ class Batch:
         outcomes = await self.store.submit([w.new for w in work])
         waits = []
         for w, outcome in zip(work, outcomes, strict=True):
-            if outcome.over_quota is not None:
-                w.slot.errors.append(
-                    RateLimited(
-                        f"This API key already has {outcome.over_quota} results waiting to "
-                        "run (its queued-results limit); submit more as they finish.",
-                        code="queueLimitExceeded",
-                        retry_after=5,
-                    )
-                )
+            if outcome.limited is not None:
+                w.slot.errors.append(limit_error(outcome.limited))
             elif outcome.queue_full:
                 w.slot.errors.append(
                     ServiceUnavailable(

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from core.catalog import Catalog
 from core.deliveries import DeliveryStore
 from core.events import EventHub
+from core.limits import ReadBucket
 from core.outbound import OutboundPolicy
 from core.settings import Settings
 from core.store import TaskStore
@@ -33,6 +34,7 @@ class AppState:
     webhook_secrets: WebhookSecrets
     deliveries: DeliveryStore
     images: Images
+    read_bucket: ReadBucket  # getResponse / imageUpload rate per key (service/limits.py)
 
 
 async def get_state(request: Request) -> AppState:

@@ -11,6 +11,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from core.keys import TaskRef
+from core.limits import UsageMeter
 from core.protocol import TextInferenceTask, error_item
 from core.settings import Settings
 from core.store import FinishOutcome, FollowUpJob, TaskStore
@@ -28,6 +29,7 @@ class WorkerDeps:
     store: TaskStore
     inference: Inference
     webhooks: WebhookDeliverer
+    usage: UsageMeter | None = None  # built on first use, over the store's Redis client
 
 
 async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int) -> None:
@@ -73,6 +75,7 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
             delivery = deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
             finish = await _finish(publisher, outcome.item, delivery)
             job_ctx.settled = True
+            await _record_usage(deps, ref.owner, outcome, finish)
             await deps.inference.recorded(outcome)
         except BaseException:
             publisher.close()
@@ -159,6 +162,22 @@ async def _finish(
             log.warning("result.store_retry", error=type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def _record_usage(
+    deps: WorkerDeps, owner: str, outcome: InferenceOutcome, finish: FinishOutcome
+) -> None:
+    """Add a recorded result's upstream tokens to its key's tokens-per-minute counter. Best
+    effort, after the result is safe: a failure here never costs the answer."""
+    usage = outcome.usage
+    if usage is None or not finish.written:
+        return
+    if deps.usage is None:
+        deps.usage = UsageMeter(deps.store.redis, deps.store.keys)
+    try:
+        await deps.usage.record(owner, usage.prompt_tokens + usage.completion_tokens)
+    except (RedisError, OSError) as exc:
+        log.warning("result.usage_not_counted", error=type(exc).__name__)
 
 
 def _log_completion(
