@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+# Codes of results that were stopped rather than failed (docs/protocol.md, "Cancelling").
+TASK_CANCELLED = "taskCancelled"  # a client cancelled the task (or disconnected, opted in)
+TASK_EXPIRED = "taskExpired"  # the task's cancelAfter deadline passed
+
 
 class TaskwireError(Exception):
     """Base of every error taskwire reports to a client.

@@ -18,15 +18,18 @@ class JobInput:
     seed: int
     created_ms: float
     existing_result: dict[str, Any] | None
+    # The task's cancel mark (an error code, e.g. "taskCancelled"), set by the cancel script
+    # while this result's job was claimed: the job must not call upstream.
+    cancel: str | None = None
 
 
 # What a job reads of its task record (then its own result slot, "r:<index>").
-JOB_INPUT_FIELDS = ("req", "seeds", "created")
+JOB_INPUT_FIELDS = ("req", "seeds", "created", "cancel")
 
 
 def job_input_from(fields: Sequence[bytes | None], index: int) -> JobInput | None:
     """A JobInput from HMGET of JOB_INPUT_FIELDS + the result slot (None: task gone)."""
-    req, seeds, created, existing = fields
+    req, seeds, created, cancel, existing = fields
     if req is None or seeds is None or created is None:
         return None
     return JobInput(
@@ -34,4 +37,5 @@ def job_input_from(fields: Sequence[bytes | None], index: int) -> JobInput | Non
         seed=int(json.loads(seeds)[index]),
         created_ms=float(created),
         existing_result=json.loads(existing) if existing is not None else None,
+        cancel=cancel.decode() if isinstance(cancel, bytes) else cancel,
     )

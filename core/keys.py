@@ -87,6 +87,11 @@ class Keys:
         return f"{self.prefix}:webhooks:pending"
 
     @property
+    def cancels(self) -> str:
+        """Channel on which job ids of running results to stop are published (cancel)."""
+        return f"{self.prefix}:cancel"
+
+    @property
     def delivery_sweep_lock(self) -> str:
         """Held by the one worker sweeping overdue deliveries this interval."""
         return f"{self.prefix}:webhooks:sweep"

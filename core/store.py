@@ -144,8 +144,36 @@ return ids
 """
 )
 
-# Records a final result unless one is there, publishes it after the pending deltas, and
-# settles the arq job (what arq's finish_job would do) in the same step.
+# Records a final result in a task record unless one is there, with what goes with it: the
+# done/errors counts, the record's retention, a follow-up job (its webhook delivery, JSON
+# from TaskStore.follow_up_json, or ''), the still-pending delta events and the final event,
+# appended and published. Returns false if the slot was already final, else {done, errors}.
+# Composed after LUA_LIB by the finish and cancel scripts.
+RECORD_FINAL = (
+    _APPEND_EVENT
+    + """
+local function record_final(task, events, field, item, event, ttl, maxlen, is_error, follow,
+                            pending)
+  if redis.call('HSETNX', task, field, item) == 0 then return false end
+  local done = redis.call('HINCRBY', task, 'done', 1)
+  local errors = redis.call('HINCRBY', task, 'errors', tonumber(is_error))
+  redis.call('EXPIRE', task, ttl)
+  if follow ~= '' then
+    -- a job that follows the result (its webhook delivery), enqueued with it
+    local f = cjson.decode(follow)
+    redis.call('HSET', task, f.field, f.value)
+    redis.call('SET', f.job_key, f.payload, 'PX', f.ttl_ms)
+    enqueue('h', f.job_id, f.score, f.score)
+    if f.index ~= '' then redis.call('ZADD', f.index, f.score, f.job_id) end
+    redis.call('PUBLISH', f.wake, '1')
+  end
+  for _, p in ipairs(pending) do append_event(events, p, ttl, maxlen) end
+  append_event(events, event, ttl, maxlen)
+  return {done, errors}
+end
+"""
+)
+
 # Records a final result unless one is there, publishes it after the pending deltas, and
 # settles the job (its lease and arq keys) in the same step, enqueuing a follow-up job.
 # KEYS: task, events, arq job, arq retry. ARGV: queue prefix, result field, item, final
@@ -153,29 +181,17 @@ return ids
 # follow-up (JSON or ''), pending delta events...
 _FINISH = (
     LUA_LIB
-    + _APPEND_EVENT
+    + RECORD_FINAL
     + """
 settle(ARGV[9], ARGV[8], ARGV[10])
 redis.call('DEL', KEYS[3], KEYS[4])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-if redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]) == 0 then return {0} end
-local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
-local errors = redis.call('HINCRBY', KEYS[1], 'errors', tonumber(ARGV[7]))
+local recorded = record_final(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+                              ARGV[7], ARGV[11], {unpack(ARGV, 12)})
+if not recorded then return {0} end
 local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local created = redis.call('HGET', KEYS[1], 'created')
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-if ARGV[11] ~= '' then
-  -- a job that follows the result (its webhook delivery), enqueued with it
-  local follow = cjson.decode(ARGV[11])
-  redis.call('HSET', KEYS[1], follow.field, follow.value)
-  redis.call('SET', follow.job_key, follow.payload, 'PX', follow.ttl_ms)
-  enqueue('h', follow.job_id, follow.score, follow.score)
-  if follow.index ~= '' then redis.call('ZADD', follow.index, follow.score, follow.job_id) end
-  redis.call('PUBLISH', follow.wake, '1')
-end
-for i = 12, #ARGV do append_event(KEYS[2], ARGV[i], ARGV[5], ARGV[6]) end
-append_event(KEYS[2], ARGV[4], ARGV[5], ARGV[6])
-return {1, done, n, errors, created}
+return {1, recorded[1], n, recorded[2], created}
 """
 )
 
@@ -329,21 +345,7 @@ class TaskStore:
         keys; `job_class` is the queue class it was claimed from) and enqueue `then` (with
         the record field it sets), all in one step."""
         job_id = self.keys.job_id(ref, index)
-        follow = ""
-        if then is not None:
-            follow = _dumps(
-                {
-                    "field": then.field,
-                    "value": then.value,
-                    "job_key": self.keys.job(then.job_id),
-                    "job_id": then.job_id,
-                    "payload": arq_job(then.function, then.args, _now_ms()),
-                    "ttl_ms": then.ttl_ms,
-                    "score": _now_ms(),
-                    "wake": self.keys.wake,
-                    "index": then.index_key or "",
-                }
-            )
+        follow = self.follow_up_json(then)
         reply = await self._finish(
             keys=[
                 self.keys.task(ref),
@@ -374,6 +376,24 @@ class TaskStore:
             number_results=int(reply[2]),
             errors=int(reply[3]),
             created_ms=float(reply[4]),
+        )
+
+    def follow_up_json(self, then: FollowUpJob | None) -> str:
+        """A follow-up job as RECORD_FINAL takes it ('' for none)."""
+        if then is None:
+            return ""
+        return _dumps(
+            {
+                "field": then.field,
+                "value": then.value,
+                "job_key": self.keys.job(then.job_id),
+                "job_id": then.job_id,
+                "payload": arq_job(then.function, then.args, _now_ms()),
+                "ttl_ms": then.ttl_ms,
+                "score": _now_ms(),
+                "wake": self.keys.wake,
+                "index": then.index_key or "",
+            }
         )
 
 
