@@ -1,5 +1,7 @@
 """Webhook delivery state in Redis: one record per result, kept beside the result itself,
-and an index of pending deliveries through which lost delivery jobs are found again."""
+an index of pending deliveries through which lost delivery jobs are found again, and the
+attempts in flight per receiver host (so one slow host cannot take every worker's slots:
+a delivery whose host is busy goes back to the queue, uncounted, instead of waiting)."""
 
 from __future__ import annotations
 
@@ -82,13 +84,14 @@ end
 return got
 """
 
-# KEYS: task, job, retry, pending index. ARGV: queue prefix, field, state, task ttl s, next
-# score ms (or ''), job id, job ttl ms, wake channel, now ms, in-progress prefix. Records an
-# attempt; then either puts the job back in the queue for its next attempt (waking workers,
-# so they know when it falls due), or settles it.
+# KEYS: task, job, retry, pending index, host holds. ARGV: queue prefix, field, state, task
+# ttl s, next score ms (or ''), job id, job ttl ms, wake channel, now ms, in-progress prefix.
+# Records an attempt and gives its host slot back; then either puts the job back in the
+# queue for its next attempt (waking workers, so they know when it falls due), or settles it.
 _RECORD = (
     LUA_LIB
     + """
+redis.call('ZREM', KEYS[5], ARGV[6])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if ARGV[5] ~= '' then
@@ -102,6 +105,30 @@ else
   redis.call('ZREM', KEYS[4], ARGV[6])
 end
 return 1
+"""
+)
+
+# KEYS: host holds, job, retry, pending index. ARGV: queue prefix, job id, now ms, hold ms,
+# limit, due ms if busy, in-progress prefix, wake channel, job ttl ms. Takes one of the
+# host's slots for this job's attempt (holds lapse, so a crashed worker's come back) and
+# returns 1; or, with the host at its limit, puts the job back in the queue until `due`
+# without counting the run as one of arq's tries, and returns 0.
+_HOLD_HOST = (
+    LUA_LIB
+    + """
+local job, now, hold = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], job) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[5]) then
+  redis.call('ZADD', KEYS[1], now + hold, job)
+  redis.call('PEXPIRE', KEYS[1], hold)
+  return 1
+end
+reschedule('h', job, ARGV[6], ARGV[3], ARGV[7])
+if redis.call('DECR', KEYS[3]) <= 0 then redis.call('DEL', KEYS[3]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
+redis.call('ZADD', KEYS[4], ARGV[6], job)
+redis.call('PUBLISH', ARGV[8], '1')
+return 0
 """
 )
 
@@ -180,6 +207,7 @@ class DeliveryStore:
         self.job_ttl_ms = int((schedule_s + retention_s) * 1000)
         self._load = redis.register_script(_LOAD)
         self._record = redis.register_script(_RECORD)
+        self._hold_host = redis.register_script(_HOLD_HOST)
         self._resend = redis.register_script(_RESEND)
         self._revive = redis.register_script(_REVIVE)
 
@@ -213,10 +241,50 @@ class DeliveryStore:
             return None
         return PendingDelivery(url, json.loads(item), DeliveryState.from_json(state))
 
+    async def hold_host(
+        self, ref: TaskRef, index: int, host: str, limit: int, hold_s: float, busy_s: float
+    ) -> bool:
+        """Take one of `host`'s `limit` slots for this delivery's attempt, held at most
+        `hold_s` (True); or, if the host is at its limit, put the delivery back in the queue
+        to try again in `busy_s`, its attempts and arq's tries uncounted (False)."""
+        job_id = self.keys.delivery_job_id(ref, index)
+        now = _now_ms()
+        due = now + int(busy_s * 1000)
+        held = await self._hold_host(
+            keys=[
+                self.keys.webhook_host(host),
+                self.keys.job(job_id),
+                self.keys.retry(job_id),
+                self.keys.pending_deliveries,
+            ],
+            args=[
+                self.keys.queue_prefix,
+                job_id,
+                now,
+                int(hold_s * 1000),
+                limit,
+                due,
+                ARQ_IN_PROGRESS_PREFIX,
+                self.keys.wake,
+                self.job_ttl_ms,
+            ],
+        )
+        return bool(held)
+
+    async def release_host(self, ref: TaskRef, index: int, host: str) -> None:
+        """Give the host slot back without recording (an attempt that ended abnormally)."""
+        await self._redis.zrem(self.keys.webhook_host(host), self.keys.delivery_job_id(ref, index))
+
     async def record(
-        self, ref: TaskRef, index: int, state: DeliveryState, retry_in_s: float | None
+        self,
+        ref: TaskRef,
+        index: int,
+        state: DeliveryState,
+        retry_in_s: float | None,
+        host: str = "",
     ) -> None:
-        """Store an attempt's outcome; reschedule the job (`retry_in_s`) or settle it."""
+        """Store an attempt's outcome and give its `host` slot back; reschedule the job
+        (`retry_in_s`) or settle it."""
         job_id = self.keys.delivery_job_id(ref, index)
         next_score = "" if retry_in_s is None else str(int((time.time() + retry_in_s) * 1000))
         task_ttl = self.retention_s + int(retry_in_s or 0)
@@ -226,6 +294,7 @@ class DeliveryStore:
                 self.keys.job(job_id),
                 self.keys.retry(job_id),
                 self.keys.pending_deliveries,
+                self.keys.webhook_host(host),
             ],
             args=[
                 self.keys.queue_prefix,

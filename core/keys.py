@@ -96,6 +96,11 @@ class Keys:
         """Held by the one worker sweeping overdue deliveries this interval."""
         return f"{self.prefix}:webhooks:sweep"
 
+    def webhook_host(self, host: str) -> str:
+        """ZSET of the delivery attempts in flight to one receiver host (job ids, scored by
+        when each one's hold lapses, epoch ms)."""
+        return f"{self.prefix}:webhooks:host:{host}"
+
     @staticmethod
     def job(job_id: str) -> str:
         return ARQ_JOB_PREFIX + job_id

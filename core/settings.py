@@ -84,13 +84,27 @@ class Settings(BaseSettings):
     # How often one worker looks for pending deliveries overdue by more than this whose job
     # was lost (neither queued nor leased), and enqueues them again.
     webhook_sweep_interval_s: float = Field(default=30.0, gt=0)
+    # At most this many delivery attempts in flight to one receiver host, across all workers
+    # (leases in Redis that lapse after the attempt's deadline). A delivery whose host is at
+    # the limit goes back to the queue for about the busy delay (jittered), without counting
+    # an attempt, holding a worker slot or a connection while it waits.
+    webhook_max_per_host: int = Field(default=50, ge=1)
+    webhook_host_busy_delay_s: float = Field(default=1.0, gt=0)
     # CIDRs user URLs may reach although not public (development and tests only).
     outbound_allow_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
     outbound_resolve_timeout_s: float = Field(default=2.0, gt=0)
 
     # --- images and routes
     image_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # A fetch's deadline, waiting for its turn included.
     image_fetch_timeout_s: float = Field(default=15.0, gt=0)
+    # Image URL fetches in flight at once per API key and per host, in each API and worker
+    # process; one waiting for its turn waits on the limit, not on a pooled connection.
+    image_fetch_per_key: int = Field(default=8, ge=1)
+    image_fetch_per_host: int = Field(default=16, ge=1)
+    # Connections of each process's image-fetch pool (API; a worker's is at least
+    # worker_max_jobs, one per running job).
+    image_fetch_max_connections: int = Field(default=200, ge=1)
     # A route that fails this many results in a row (each after its retries) rests for the
     # cool-down, for all workers.
     route_failure_threshold: int = Field(default=5, ge=1)

@@ -18,7 +18,7 @@ from core.catalog import Catalog
 from core.deliveries import DeliveryStore
 from core.errors import InvalidRequest, ServiceUnavailable, TaskwireError
 from core.events import EventHub
-from core.http_guard import GuardedClient
+from core.http_guard import FetchLimits, GuardedClient
 from core.images import ImageStore
 from core.keys import Keys
 from core.limits import BucketDefaults, ReadBucket
@@ -74,7 +74,12 @@ def create_app(settings: Settings) -> FastAPI:
         tokens = StreamTokens(secret, settings.stream_token_ttl_s)
         image_tokens = ImageTokens(secret, settings.task_retention_s)
         outbound = OutboundPolicy(settings.outbound_allow_cidrs)
-        image_client = GuardedClient(outbound, deadline_s=settings.image_fetch_timeout_s)
+        image_client = GuardedClient(
+            outbound,
+            deadline_s=settings.image_fetch_timeout_s,
+            max_connections=settings.image_fetch_max_connections,
+            limits=FetchLimits(settings.image_fetch_per_key, settings.image_fetch_per_host),
+        )
         app.state.taskwire = AppState(
             settings,
             catalog,

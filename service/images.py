@@ -1,5 +1,10 @@
 """What the API does with images: `imageUpload` (stored, with a signed `imageURL`), and
-checking a task's `inputs.images`."""
+checking a task's `inputs.images`.
+
+An upload from a URL is fetched here, in the API process, through the guarded client's
+per-key and per-host limits (core/http_guard.py: FetchLimits): one key's image hosts that
+never answer hold only that key's few slots, so another key's upload is not queued behind
+them. Waiting for a turn counts within the fetch deadline."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 import httpx
 
 from core.errors import InvalidRequest
-from core.http_guard import BodyTooLarge, GuardedClient
+from core.http_guard import BodyTooLarge, GuardedClient, NoTurn
 from core.images import ImageError, ImageStore, check_bytes, classify, decode, extension
 from core.outbound import OutboundPolicy, OutboundRefused, OutboundUnresolvable, check_url
 from core.protocol import ImageUploadTask
@@ -46,7 +51,7 @@ class Images:
                     "give the image itself (URL, data URI or base64), not an imageUUID"
                 )
             raw, mime = await (
-                self._fetch(value) if kind == "url" else decode(value, self._max_bytes)
+                self._fetch(owner, value) if kind == "url" else decode(value, self._max_bytes)
             )
         except (ImageError, OutboundRefused) as exc:
             raise InvalidRequest(f"image: {exc}.", code="invalidImage", parameter="image") from None
@@ -58,11 +63,16 @@ class Images:
             "imageURL": self.tokens.image_url(base_url, owner, image_uuid, extension(mime)),
         }
 
-    async def _fetch(self, url: str) -> tuple[bytes, str]:
+    async def _fetch(self, owner: str, url: str) -> tuple[bytes, str]:
         try:
             response = await self._client.request(
-                "GET", url, max_body_bytes=self._max_bytes, fail_if_larger=True
+                "GET", url, max_body_bytes=self._max_bytes, fail_if_larger=True, tenant=owner
             )
+        except NoTurn:
+            raise ImageError(
+                "could not fetch it in time: too many image fetches of this key, or to this "
+                "host, are in flight; try again later"
+            ) from None
         except BodyTooLarge:
             raise ImageError(f"the image is larger than {self._max_bytes} bytes") from None
         except (TimeoutError, OSError, httpx.HTTPError) as exc:

@@ -1,14 +1,18 @@
 """Turns a task's stored image references into what a route takes: inline data URIs, or
 URLs passed through when the route is configured to (`image_urls = "pass"`). An uploaded
 image goes to such a route as its signed, expiring imageURL when the API's public base URL
-is configured (the upstream must be able to reach it), else inline."""
+is configured (the upstream must be able to reach it), else inline.
+
+URLs are fetched through the guarded client's per-key and per-host limits (core/http_guard.py:
+FetchLimits), so one key's image hosts that never answer do not delay another key's
+results; a fetch waiting for its turn waits on the limit, within the fetch deadline."""
 
 from __future__ import annotations
 
 import httpx
 
 from core.catalog import Route
-from core.http_guard import BodyTooLarge, GuardedClient
+from core.http_guard import BodyTooLarge, GuardedClient, NoTurn
 from core.images import (
     ImageError,
     ImageStore,
@@ -78,10 +82,15 @@ class ImageResolver:
             return await data_uri(stored.data, stored.mime)
         try:
             response = await self._client.request(
-                "GET", ref, max_body_bytes=self._max_bytes, fail_if_larger=True
+                "GET", ref, max_body_bytes=self._max_bytes, fail_if_larger=True, tenant=owner
             )
         except OutboundRefused as exc:
             raise ImageError(f"the image URL is not allowed: {exc}") from None
+        except NoTurn:
+            raise ImageError(
+                "the image URL could not be fetched in time: too many image fetches of this "
+                "key, or to this host, were in flight"
+            ) from None
         except BodyTooLarge:
             raise ImageError(
                 f"the image at the URL is larger than {self._max_bytes} bytes"

@@ -16,7 +16,7 @@ from redis.asyncio import ConnectionPool
 
 from core.catalog import Catalog
 from core.deliveries import DeliveryStore
-from core.http_guard import GuardedClient
+from core.http_guard import FetchLimits, GuardedClient
 from core.images import ImageStore
 from core.keys import DELIVER_WEBHOOK_JOB, RUN_RESULT_JOB, Keys
 from core.logging import configure_logging
@@ -65,8 +65,19 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     )
     ctx["http"] = client
     policy = OutboundPolicy(settings.outbound_allow_cidrs)
-    guarded = GuardedClient(policy, deadline_s=settings.webhook_timeout_s)
-    image_client = GuardedClient(policy, deadline_s=settings.image_fetch_timeout_s)
+    # Each running job makes at most one request through each client at a time, so pools of
+    # worker_max_jobs connections never make a delivery or a fetch wait for a connection.
+    guarded = GuardedClient(
+        policy,
+        deadline_s=settings.webhook_timeout_s,
+        max_connections=max(settings.worker_max_jobs, 200),
+    )
+    image_client = GuardedClient(
+        policy,
+        deadline_s=settings.image_fetch_timeout_s,
+        max_connections=max(settings.worker_max_jobs, settings.image_fetch_max_connections),
+        limits=FetchLimits(settings.image_fetch_per_key, settings.image_fetch_per_host),
+    )
     ctx["image_http"] = image_client
     ctx["guarded_http"] = guarded
     ctx["deps"] = WorkerDeps(
@@ -116,6 +127,8 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             client=guarded,
             schedule=RetrySchedule(tuple(settings.webhook_schedule_s), settings.webhook_jitter),
             max_response_bytes=settings.webhook_max_response_bytes,
+            max_per_host=settings.webhook_max_per_host,
+            host_busy_delay_s=settings.webhook_host_busy_delay_s,
         ),
     )
     ctx["webhook_sweep"] = asyncio.create_task(

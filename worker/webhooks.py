@@ -1,9 +1,20 @@
-"""The arq job that delivers one result to its webhook: signed, retried on a schedule."""
+"""The arq job that delivers one result to its webhook: signed, retried on a schedule.
+
+Isolation: a key's running deliveries are capped by the scheduler (`max_h`); on top, at most
+`max_per_host` attempts are in flight to one receiver host across all workers. A delivery
+whose host is at that limit goes straight back to the queue for a short, jittered while (no
+attempt counted), so waiting for a slow host never holds a worker slot or a connection.
+The limit lives in Redis rather than per process so that it means the same whatever the
+number of workers (it protects receivers, and the worker fleet, from one slow host); holds
+lapse after the attempt's deadline, so a killed worker's are given back. Each worker's pool
+has a connection for every job it can run, so no delivery ever waits for a connection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import time
 from dataclasses import dataclass, replace
 
@@ -11,10 +22,10 @@ import httpx
 import structlog
 from redis.exceptions import RedisError
 
-from core.deliveries import DeliveryState, DeliveryStore
+from core.deliveries import DeliveryState, DeliveryStore, PendingDelivery
 from core.http_guard import GuardedClient
 from core.keys import TaskRef
-from core.outbound import OutboundRefused
+from core.outbound import OutboundRefused, split_url
 from core.webhooks import RetrySchedule, WebhookSecrets, message_id, signature_header
 from worker.context import JobContext
 from worker.providers.base import parse_retry_after
@@ -23,6 +34,8 @@ log = structlog.get_logger("taskwire.webhooks")
 USER_AGENT = "taskwire-webhooks/1.0"
 # How long recording an attempt's outcome rides out a Redis outage (within the job timeout).
 RECORD_DEADLINE_S = 20.0
+# A host slot is held this long past the attempt's deadline at most (a crashed worker's).
+HOLD_MARGIN_S = 5.0
 
 
 @dataclass(slots=True)
@@ -39,6 +52,19 @@ class WebhookDeliverer:
     client: GuardedClient
     schedule: RetrySchedule
     max_response_bytes: int = 4096
+    max_per_host: int = 50
+    host_busy_delay_s: float = 1.0
+
+    async def hold_host(self, ref: TaskRef, index: int, host: str) -> bool:
+        """A slot for one attempt to `host`; False: the delivery was put back in the queue."""
+        return await self.deliveries.hold_host(
+            ref,
+            index,
+            host,
+            self.max_per_host,
+            self.client.deadline_s + HOLD_MARGIN_S,
+            self.host_busy_delay_s * random.uniform(0.5, 1.5),
+        )
 
     async def attempt(self, url: str, msg_id: str, owner: str, body: bytes) -> AttemptResult:
         """POST once. The timestamp (and so the signature) is fresh on every attempt. Any
@@ -107,23 +133,49 @@ class WebhookDeliverer:
 
 
 async def deliver_webhook(job: JobContext, owner: str, task_uuid: str, index: int) -> None:
-    """Attempt one delivery of result `index` and record its outcome (idempotent per state)."""
+    """Attempt one delivery of result `index` and record its outcome (idempotent per state);
+    if its receiver host is busy, hand it back to the queue without an attempt."""
     deliverer = job.deps.webhooks
     ref = TaskRef(owner, task_uuid)
     pending = await deliverer.deliveries.load(ref, index)
     if pending is None or pending.state.state != "pending":
         log.info("webhook.nothing_to_deliver", task_uuid=task_uuid, result_index=index)
         return
-    msg_id = message_id(task_uuid, index)
+    host = _host_of(pending.url)
+    if host and not await deliverer.hold_host(ref, index, host):
+        job.settled = True
+        log.debug("webhook.host_busy", task_uuid=task_uuid, result_index=index, host=host)
+        return
+    recorded = False
+    try:
+        await _attempt(deliverer, ref, index, pending, host)
+        recorded = job.settled = True
+    finally:
+        if host and not recorded:
+            with contextlib.suppress(RedisError, OSError):  # else the hold lapses by itself
+                await deliverer.deliveries.release_host(ref, index, host)
+
+
+def _host_of(url: str) -> str:
+    """The host a URL dials ("" if it cannot be parsed: the attempt is refused anyway)."""
+    try:
+        return split_url(url).host
+    except OutboundRefused:
+        return ""
+
+
+async def _attempt(
+    deliverer: WebhookDeliverer, ref: TaskRef, index: int, pending: PendingDelivery, host: str
+) -> None:
+    msg_id = message_id(ref.uuid, index)
     body = json.dumps({"data": [pending.item]}, separators=(",", ":"), ensure_ascii=False).encode()
     started = time.monotonic()
-    outcome = await deliverer.attempt(pending.url, msg_id, owner, body)
+    outcome = await deliverer.attempt(pending.url, msg_id, ref.owner, body)
     state, retry_in = deliverer.next_state(pending.state, outcome)
-    await _record(deliverer.deliveries, ref, index, state, retry_in)
-    job.settled = True
+    await _record(deliverer.deliveries, ref, index, state, retry_in, host)
     log.info(
         "webhook.attempt",
-        task_uuid=task_uuid,
+        task_uuid=ref.uuid,
         result_index=index,
         webhook_id=msg_id,
         attempt=state.attempts,
@@ -141,6 +193,7 @@ async def _record(
     index: int,
     state: DeliveryState,
     retry_in: float | None,
+    host: str,
 ) -> None:
     """Store an attempt's outcome, riding out a short Redis outage (the write is idempotent;
     past the deadline the job fails, and the sweep finds the delivery again)."""
@@ -148,7 +201,7 @@ async def _record(
     deadline = time.monotonic() + RECORD_DEADLINE_S
     while True:
         try:
-            await deliveries.record(ref, index, state, retry_in)
+            await deliveries.record(ref, index, state, retry_in, host)
             return
         except (RedisError, OSError) as exc:
             if time.monotonic() > deadline:
