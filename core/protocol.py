@@ -22,6 +22,8 @@ from pydantic import (
 from core.errors import InvalidRequest
 
 MAX_SEED = 2**63 - 1
+# The longest cancelAfter deadline (a day, the default task retention).
+MAX_CANCEL_AFTER_S = 86_400
 # Free-form JSON objects (providerSettings, jsonSchema, tool schemas, tool call inputs) may nest
 # this deep; deeper documents are refused (they are never a real schema or setting).
 MAX_JSON_DEPTH = 64
@@ -232,6 +234,11 @@ class TextInferenceTask(WireModel):
     outputFormat: Literal["TEXT", "JSON"] = "TEXT"
     jsonSchema: JsonObject | None = None
     providerSettings: JsonObject | None = None
+    # taskwire extensions (docs/protocol.md, "Cancelling and deadlines"): seconds from
+    # submission after which an unfinished result is stopped (taskExpired), and whether a
+    # sync or stream task is cancelled when its client disconnects before it finished.
+    cancelAfter: float | None = Field(default=None, gt=0, le=MAX_CANCEL_AFTER_S)
+    cancelOnDisconnect: bool = False
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> TextInferenceTask:
@@ -260,6 +267,13 @@ class TextInferenceTask(WireModel):
                 "Give `toolChoice` once: under `settings` or at the top level, not both.",
                 code="invalidToolChoice",
                 parameter="settings.toolChoice",
+            )
+        if self.cancelOnDisconnect and self.deliveryMethod == "async":
+            raise InvalidRequest(
+                "cancelOnDisconnect applies to sync and stream tasks (an async task has no "
+                "connection to lose); use cancelAfter or taskCancel instead.",
+                code="invalidCancelOnDisconnect",
+                parameter="cancelOnDisconnect",
             )
         self._check_tool_choice()
         if self.jsonSchema is not None and self.outputFormat != "JSON":
@@ -312,6 +326,13 @@ class GetResponseTask(WireModel):
     taskUUID: TaskUUID
 
 
+class TaskCancelTask(WireModel):
+    """Stop a task's results that are not final (docs/protocol.md, "Cancelling")."""
+
+    taskType: Literal["taskCancel"]
+    taskUUID: TaskUUID
+
+
 class PingTask(WireModel):
     taskType: Literal["ping"]
     ping: bool = True
@@ -331,6 +352,7 @@ class AuthenticationTask(WireModel):
 TASK_MODELS: dict[str, type[WireModel]] = {
     "textInference": TextInferenceTask,
     "getResponse": GetResponseTask,
+    "taskCancel": TaskCancelTask,
     "ping": PingTask,
     "imageUpload": ImageUploadTask,
     "authentication": AuthenticationTask,

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # --- API behaviour
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     sync_timeout_s: float = Field(default=60.0, gt=0)
+    # A cancel answers once its running results have stopped, or after this long (then
+    # saying `cancelling` for those whose worker has not confirmed yet).
+    cancel_wait_s: float = Field(default=2.0, ge=0)
     task_retention_s: int = Field(default=24 * 3600, ge=60)
     max_queue_depth: int = Field(default=200_000, ge=1)
     catalog_path: Path = PROJECT_ROOT / "deploy" / "models.toml"

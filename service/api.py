@@ -183,6 +183,8 @@ async def post_tasks(request: Request, state: State) -> Response:
             outbound=state.outbound,
             images=state.images,
             base_url=str(request.base_url),
+            deliveries=state.deliveries,
+            receive=request.receive,
         )
         slots = await batch.run(tasks)
         stream = next((slot.stream for slot in slots if slot.stream is not None), None)

@@ -37,6 +37,7 @@ from service.limits import apply_key_limits, override_owners
 from service.origin import PublicOrigin, TrustedProxies
 from service.pages import router as pages_router
 from service.state import AppState
+from service.tasks_api import router as tasks_router
 from service.webhooks_api import router as webhooks_router
 
 log = structlog.get_logger("taskwire.service")
@@ -138,6 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(pages_router)
     app.include_router(webhooks_router)
     app.include_router(images_router)
+    app.include_router(tasks_router)
 
     @app.get("/health")
     async def health(request: Request) -> Response:

@@ -7,11 +7,14 @@ import contextlib
 import hashlib
 import json
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.types import Receive
+
 from core.catalog import Catalog, ModelSpec
-from core.deliveries import DeliveryState
+from core.deliveries import DeliveryState, DeliveryStore
 from core.errors import (
     InvalidRequest,
     ServiceUnavailable,
@@ -27,6 +30,7 @@ from core.protocol import (
     GetResponseTask,
     ImageUploadTask,
     PingTask,
+    TaskCancelTask,
     TaskErrors,
     TextInferenceTask,
     WireModel,
@@ -37,6 +41,7 @@ from core.protocol import (
 from core.settings import Settings
 from core.store import NewTask, TaskRecord, TaskStore
 from core.tokens import StreamTokens
+from service.cancel import Disconnects, TaskCancels, in_background
 from service.delivery import collect_results, confirmed, result_items, watching
 from service.images import Images
 from service.limits import limit_error
@@ -70,6 +75,8 @@ class StreamPlan:
     events: TaskEvents
     renderer: ChunkRenderer
     cleanup: contextlib.AsyncExitStack | None = None
+    # The task, when it opted in to being cancelled if the stream closes before its end.
+    cancel_on_disconnect: TaskRef | None = None
 
 
 @dataclass(eq=False)
@@ -164,6 +171,8 @@ class Batch:
         outbound: OutboundPolicy,
         images: Images,
         base_url: str,
+        deliveries: DeliveryStore | None = None,
+        receive: Receive | None = None,
     ):
         self.owner = owner
         self.settings = settings
@@ -175,16 +184,42 @@ class Batch:
         self.images = images
         self.base_url = base_url
         self.slots: list[Slot] = []
+        # taskCancel and cancelOnDisconnect: the cancel machinery (built when first needed),
+        # and the request's ASGI receive, on which a sync wait hears its client leave.
+        self._deliveries = deliveries
+        self._cancels: TaskCancels | None = None
+        self._disconnects = Disconnects(receive) if receive is not None else None
 
     async def run(self, raw_tasks: list[Any]) -> list[Slot]:
         """Answer every task. A stream task's slot leaves with its subscription still open
         (`slot.stream.cleanup` releases it)."""
         async with contextlib.AsyncExitStack() as subscriptions:
-            slots = await self._run(raw_tasks, subscriptions)
+            try:
+                slots = await self._run(raw_tasks, subscriptions)
+            finally:
+                if self._disconnects is not None:
+                    self._disconnects.close()
             streaming = next((slot.stream for slot in slots if slot.stream is not None), None)
             if streaming is not None:
                 streaming.cleanup = subscriptions.pop_all()
+                if streaming.cancel_on_disconnect is not None:
+                    # runs first when the stream ends (last in, first out), synchronously:
+                    # a disconnected stream's body is closing inside a cancelled scope
+                    streaming.cleanup.callback(self._stream_ended, streaming)
             return slots
+
+    @property
+    def cancels(self) -> TaskCancels:
+        if self._cancels is None:
+            if self._deliveries is None:
+                raise RuntimeError("Batch needs `deliveries` to cancel tasks")
+            self._cancels = TaskCancels(self.store, self.hub, self._deliveries)
+        return self._cancels
+
+    def _stream_ended(self, plan: StreamPlan) -> None:
+        """A stream that closed before `[DONE]` (its client left): cancel its task."""
+        if plan.cancel_on_disconnect is not None and not plan.renderer.done:
+            in_background(self.cancels.on_disconnect(plan.cancel_on_disconnect))
 
     async def _run(
         self, raw_tasks: list[Any], subscriptions: contextlib.AsyncExitStack
@@ -193,6 +228,7 @@ class Batch:
         deadline = loop.time() + self.settings.sync_timeout_s
         inference: list[_Inference] = []
         lookups: list[Slot] = []
+        cancels: list[Slot] = []
         for raw in raw_tasks:
             slot = Slot(raw)
             self.slots.append(slot)
@@ -212,6 +248,8 @@ class Batch:
                     slot.errors.append(exc)
             elif isinstance(slot.task, GetResponseTask):
                 lookups.append(slot)
+            elif isinstance(slot.task, TaskCancelTask):
+                cancels.append(slot)
             elif isinstance(slot.task, TextInferenceTask):
                 try:
                     inference.append(
@@ -229,6 +267,8 @@ class Batch:
                         parameter="taskType",
                     )
                 )
+        if cancels:
+            await self._answer_cancels(cancels)
         if lookups:
             await self._answer_lookups(lookups)
         if inference:
@@ -327,11 +367,14 @@ class Batch:
             w.slot.stream = StreamPlan(
                 TaskEvents(w.sub, self.store, w.ref, replay=not created),
                 ChunkRenderer(uuid, n),
+                cancel_on_disconnect=w.ref if w.task.cancelOnDisconnect else None,
             )
         elif w.sub is not None:
-            results = await collect_results(
-                w.sub, self.store, w.ref, n, deadline, read_first=not created
-            )
+            waiting = collect_results(w.sub, self.store, w.ref, n, deadline, read_first=not created)
+            if w.task.cancelOnDisconnect:
+                results = await self._unless_disconnected(w, waiting)
+            else:
+                results = await waiting
             w.slot.pending_sync = len(results) < n
             if w.slot.pending_sync:  # a 202: the client polls, or follows the stream link
                 links = self._links(uuid)
@@ -379,6 +422,35 @@ class Batch:
                 code="invalidWebhookURL",
                 parameter="webhookURL",
             ) from None
+
+    # --- taskCancel and cancelOnDisconnect
+
+    async def _answer_cancels(self, slots: list[Slot]) -> None:
+        async def one(slot: Slot) -> None:
+            sent = slot.task.taskUUID  # type: ignore[union-attr]
+            try:
+                slot.items.extend(
+                    await self.cancels.cancel(
+                        task_ref(self.owner, sent), sent, self.settings.cancel_wait_s
+                    )
+                )
+            except TaskNotFound as exc:
+                slot.errors.append(exc)
+
+        await asyncio.gather(*(one(slot) for slot in slots))
+
+    async def _unless_disconnected(
+        self, w: _Inference, waiting: Coroutine[Any, Any, dict[int, dict[str, Any]]]
+    ) -> dict[int, dict[str, Any]]:
+        """The sync wait of a task that opted in to cancelOnDisconnect, cut short (and the
+        task cancelled) if the client's connection closes first."""
+        if self._disconnects is None:
+            return await waiting
+        results = await self._disconnects.unless_gone(waiting)
+        if results is None:
+            await self.cancels.on_disconnect(w.ref)
+            return {}
+        return results
 
     # --- getResponse
 

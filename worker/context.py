@@ -8,6 +8,7 @@ depends on how arq spells its keys.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,12 +19,27 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
+class StopSignal:
+    """Raised for a running job that must stop: its task was cancelled (the worker heard it
+    on the cancel channel) or its deadline passed. The first reason given is kept."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    code: str | None = None  # the error code the result is recorded with
+
+    def request(self, code: str) -> None:
+        if self.code is None:
+            self.code = code
+        self.event.set()
+
+
+@dataclass(slots=True)
 class Claim:
-    """What the claim that leased a job knew of it."""
+    """What the claim that leased a job knew of it, and how the worker tells it to stop."""
 
     job_class: str  # the scheduler's class: "i", "b" or "h"
     job_input: JobInput | None  # the task record's fields (results), if read
     prefetched: bool  # whether job_input was read at claim time
+    stop: StopSignal = field(default_factory=StopSignal)
 
 
 @dataclass(slots=True)
@@ -39,6 +55,11 @@ class JobContext:
     @property
     def job_class(self) -> str:
         return self.claim.job_class
+
+    @property
+    def stop(self) -> StopSignal:
+        """Set when the job must stop (cancelled, or past its deadline)."""
+        return self.claim.stop
 
     def take_prefetched(self) -> tuple[bool, JobInput | None]:
         """(whether the claim read the task record, what it read), once."""

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import structlog
 
+from core.cancel import stop_message
 from core.catalog import Catalog, ModelSpec, Route
 from core.errors import UpstreamError
 from core.images import ImageError
@@ -31,6 +32,9 @@ from worker.retry import RetryPolicy
 from worker.routing import RouteHealth, counts_against_route, order_routes
 
 log = structlog.get_logger("taskwire.inference")
+
+# Asked before each upstream attempt: the error code to stop with (cancelled, expired), or None.
+StopCheck = Callable[[], Awaitable[str | None]]
 
 
 @dataclass(slots=True)
@@ -125,6 +129,7 @@ class Inference:
         seed: int,
         publisher: ResultPublisher,
         owner: str = "",
+        should_stop: StopCheck | None = None,
     ) -> InferenceOutcome:
         tried: list[str] = []
         attempts = 0
@@ -140,7 +145,9 @@ class Inference:
                     owner, list(task.inputs.images) if task.inputs else [], route, memo
                 )
                 call = UpstreamCall(route=route, api_key=key, task=task, seed=seed, images=images)
-                outcome, last, used = await self._on_route(model, call, index, publisher)
+                outcome, last, used = await self._on_route(
+                    model, call, index, publisher, should_stop
+                )
                 attempts += used
                 if outcome is not None:
                     outcome.attempts, outcome.routes_tried = attempts, tried
@@ -165,12 +172,22 @@ class Inference:
             return self._failed(task, index, tried, attempts, stop.code, stop.message)
 
     async def _on_route(
-        self, model: ModelSpec, call: UpstreamCall, index: int, publisher: ResultPublisher
+        self,
+        model: ModelSpec,
+        call: UpstreamCall,
+        index: int,
+        publisher: ResultPublisher,
+        should_stop: StopCheck | None = None,
     ) -> tuple[InferenceOutcome | None, UpstreamError | None, int]:
-        """Attempts on one route: (the outcome, or None and the last error; attempts made)."""
+        """Attempts on one route: (the outcome, or None and the last error; attempts made).
+        Before each, `should_stop` may end the result (a cancelled or expired task never
+        starts another upstream call)."""
         adapter = self._adapters[call.route.adapter]
         attempts = 0
         while True:
+            code = await should_stop() if should_stop is not None else None
+            if code is not None:
+                raise _Stop(code, stop_message(code, call.task.cancelAfter))
             attempts += 1
             assembler = ResultAssembler()
             publisher.restart()

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
 
+from core.cancel import read_cancel_mark, stop_message
+from core.errors import TASK_EXPIRED
 from core.keys import TaskRef
 from core.limits import UsageMeter
 from core.protocol import TextInferenceTask, error_item
 from core.settings import Settings
 from core.store import FinishOutcome, FollowUpJob, TaskStore
-from worker.context import JobContext
+from worker.context import JobContext, StopSignal
 from worker.inference import Inference, InferenceOutcome
 from worker.publisher import ResultPublisher
 from worker.webhooks import WebhookDeliverer
@@ -53,25 +56,13 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
             return
         queue_ms = max(0.0, started_ms - job.created_ms)
         task = TextInferenceTask.model_validate(job.request)
-        settings = deps.settings
-        prior_text, prior_reasoning = (
-            await _published_so_far(deps.store, ref, index) if job_try > 1 else ("", "")
-        )
-        publisher = ResultPublisher(
-            deps.store,
-            ref,
-            index,
-            job_try,
-            eager_first=task.deliveryMethod == "stream",
-            interval_s=settings.stream_flush_interval_s,
-            max_interval_s=settings.stream_flush_max_interval_s,
-            max_chars=settings.stream_flush_chars,
-            published_text=prior_text,
-            published_reasoning=prior_reasoning,
-            job_class=job_ctx.job_class,
-        )
+        stop = job_ctx.stop
+        if job.cancel is not None:  # cancelled while this job was being claimed
+            stop.request(job.cancel)
+        expiry = _arm_deadline(task, job.created_ms, stop)
+        publisher = await _publisher(deps, ref, index, job_try, task, job_ctx.job_class)
         try:
-            outcome = await _produce(deps, task, index, job.seed, publisher, job_try, owner)
+            outcome = await _produce(deps, task, index, job.seed, publisher, job_try, ref, stop)
             delivery = deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
             finish = await _finish(publisher, outcome.item, delivery)
             job_ctx.settled = True
@@ -80,7 +71,52 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
         except BaseException:
             publisher.close()
             raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
     _log_completion(task, task_uuid, index, job_try, outcome, finish, started, queue_ms)
+
+
+async def _publisher(
+    deps: WorkerDeps,
+    ref: TaskRef,
+    index: int,
+    job_try: int,
+    task: TextInferenceTask,
+    job_class: str,
+) -> ResultPublisher:
+    """The result's event writer; a re-run starts from what an earlier run published."""
+    settings = deps.settings
+    prior_text, prior_reasoning = (
+        await _published_so_far(deps.store, ref, index) if job_try > 1 else ("", "")
+    )
+    return ResultPublisher(
+        deps.store,
+        ref,
+        index,
+        job_try,
+        eager_first=task.deliveryMethod == "stream",
+        interval_s=settings.stream_flush_interval_s,
+        max_interval_s=settings.stream_flush_max_interval_s,
+        max_chars=settings.stream_flush_chars,
+        published_text=prior_text,
+        published_reasoning=prior_reasoning,
+        job_class=job_class,
+    )
+
+
+def _arm_deadline(
+    task: TextInferenceTask, created_ms: float, stop: StopSignal
+) -> asyncio.TimerHandle | None:
+    """Raise the stop signal (taskExpired) at the task's cancelAfter deadline: now, if it
+    has passed; else a timer, which the caller cancels when the job ends."""
+    if task.cancelAfter is None:
+        return None
+    remaining = created_ms / 1000 + task.cancelAfter - time.time()
+    if remaining <= 0:
+        stop.request(TASK_EXPIRED)
+        return None
+    return asyncio.get_running_loop().call_later(remaining, stop.request, TASK_EXPIRED)
 
 
 async def _published_so_far(store: TaskStore, ref: TaskRef, index: int) -> tuple[str, str]:
@@ -101,49 +137,99 @@ async def _produce(
     seed: int,
     publisher: ResultPublisher,
     job_try: int,
-    owner: str,
+    ref: TaskRef,
+    stop: StopSignal,
 ) -> InferenceOutcome:
+    if stop.code is not None:  # cancelled or expired before it started: no upstream call
+        return _stopped(task, index, stop.code)
     limit = deps.settings.job_max_tries
     if job_try > limit:
-        return InferenceOutcome(
-            item=error_item(
-                task.taskUUID,
-                index,
-                "inferenceError",
-                f"The task was interrupted {limit} times (workers stopped or "
-                "crashed while running it); giving up.",
-            ),
-            route=None,
-            attempts=0,
+        return _error_outcome(
+            task,
+            index,
+            "inferenceError",
+            f"The task was interrupted {limit} times (workers stopped or "
+            "crashed while running it); giving up.",
         )
+    should_stop = _stop_check(deps.store, ref, stop)
     try:
         async with asyncio.timeout(deps.settings.job_timeout_s):
-            return await deps.inference.run(task, index, seed, publisher, owner)
+            outcome = await _until_stopped(
+                deps.inference.run(task, index, seed, publisher, ref.owner, should_stop), stop
+            )
     except TimeoutError:
-        return InferenceOutcome(
-            item=error_item(
-                task.taskUUID,
-                index,
-                "timeoutProvider",
-                f"The model did not finish within {deps.settings.job_timeout_s:g} s.",
-            ),
-            route=None,
-            attempts=0,
+        return _error_outcome(
+            task,
+            index,
+            "timeoutProvider",
+            f"The model did not finish within {deps.settings.job_timeout_s:g} s.",
         )
     except (RedisError, OSError):
         raise  # storage trouble: leave the job queued; it runs again when its lease lapses
     except Exception:
         log.exception("result.internal_error")
-        return InferenceOutcome(
-            item=error_item(
-                task.taskUUID,
-                index,
-                "inferenceError",
-                "taskwire failed while running this task; it has been logged.",
-            ),
-            route=None,
-            attempts=0,
+        return _error_outcome(
+            task,
+            index,
+            "inferenceError",
+            "taskwire failed while running this task; it has been logged.",
         )
+    if outcome is None:
+        assert stop.code is not None
+        log.info("result.stopped", code=stop.code)
+        return _stopped(task, index, stop.code)
+    return outcome
+
+
+async def _until_stopped(
+    work: Coroutine[Any, Any, InferenceOutcome], stop: StopSignal
+) -> InferenceOutcome | None:
+    """The outcome of `work`, or None if the stop signal came first: then `work` is
+    cancelled (which closes its upstream stream) before this returns."""
+    running = asyncio.ensure_future(work)
+    signalled = asyncio.ensure_future(stop.event.wait())
+    try:
+        await asyncio.wait({running, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+        if not running.done():
+            running.cancel()
+            await asyncio.wait({running})
+    if running.cancelled():
+        return None
+    return running.result()  # finished (or failed) before it could be stopped
+
+
+def _stop_check(
+    store: TaskStore, ref: TaskRef, stop: StopSignal
+) -> Callable[[], Awaitable[str | None]]:
+    """What inference asks before each upstream attempt: the stop signal's code, if raised.
+    Before a retry or a fallback it also reads the task's cancel mark (a cancel message this
+    worker missed must not let another upstream call start)."""
+    first = True
+
+    async def should_stop() -> str | None:
+        nonlocal first
+        if stop.code is None and not first:
+            mark = await read_cancel_mark(store, ref)
+            if mark is not None:
+                stop.request(mark)
+        first = False
+        return stop.code
+
+    return should_stop
+
+
+def _stopped(task: TextInferenceTask, index: int, code: str) -> InferenceOutcome:
+    return _error_outcome(task, index, code, stop_message(code, task.cancelAfter))
+
+
+def _error_outcome(
+    task: TextInferenceTask, index: int, code: str, message: str
+) -> InferenceOutcome:
+    return InferenceOutcome(
+        item=error_item(task.taskUUID, index, code, message), route=None, attempts=0
+    )
 
 
 async def _finish(

@@ -15,6 +15,9 @@ exits on the first Redis error. Here:
   `job_function`, which builds a `JobContext` from arq's ctx dict.
 * **Settled by the job.** A result job settles its arq job in the same script that records
   its result, so arq's own finish round trip is skipped for it.
+* **Cancels reach running jobs.** Workers listen on the cancel channel (core/cancel.py
+  publishes the job ids of running results it marked) and raise the job's stop signal; after
+  a (re)subscribe they look for marks set while they were not listening.
 * **Redis outages are survived.** Errors in the loop are logged and retried with backoff;
   the wake-up subscription reconnects by itself.
 * **Graceful stop.** SIGTERM stops claiming, lets running jobs finish within the grace
@@ -35,6 +38,7 @@ from arq.typing import WorkerCoroutine
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from core.errors import TASK_CANCELLED
 from core.scheduler import HOOK, ClaimedJob, Scheduler, member, now_ms
 from worker.context import Claim, JobContext
 
@@ -58,6 +62,9 @@ class QueueWorker(Worker):
         # (a job that settled itself says so there, and arq's bookkeeping is skipped).
         self.claims: dict[str, Claim] = {}
         self.contexts: dict[str, JobContext] = {}
+        # Cancels heard for jobs not (yet) started here, by job id: a claim's reply and the
+        # cancel message that follows it may arrive in either order.
+        self._cancels_heard: dict[str, float] = {}
         self.ctx[_WORKER] = self
 
     # --- main loop
@@ -72,6 +79,7 @@ class QueueWorker(Worker):
         self._background = [
             asyncio.create_task(self._listen_for_wakeups(), name="worker-wakeups"),
             asyncio.create_task(self._renew_leases(), name="worker-leases"),
+            asyncio.create_task(self._listen_for_cancels(), name="worker-cancels"),
         ]
         log.info(
             "worker.started",
@@ -141,7 +149,10 @@ class QueueWorker(Worker):
     def _start(self, job: ClaimedJob) -> None:
         self.job_counter += 1
         job_id = job.job_id
-        self.claims[job_id] = Claim(job.job_class, job.job_input, prefetched=True)
+        claim = Claim(job.job_class, job.job_input, prefetched=True)
+        self.claims[job_id] = claim
+        if self._cancels_heard.pop(job_id, None) is not None:
+            claim.stop.request(TASK_CANCELLED)
         task = self.loop.create_task(self.run_job(job_id, now_ms()))
         task.add_done_callback(lambda _task: self._job_done(job_id))
         self.tasks[job_id] = task
@@ -172,6 +183,50 @@ class QueueWorker(Worker):
                 log.warning("worker.wakeups_disconnected", error=type(exc).__name__)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _listen_for_cancels(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                async with self.pool.pubsub() as pubsub:
+                    await pubsub.subscribe(self.scheduler.keys.cancels)
+                    await self._recheck_cancel_marks()
+                    backoff = 0.05
+                    while True:
+                        message = await pubsub.get_message(timeout=None)
+                        if message is not None and message["type"] == "message":
+                            self._cancel_heard(message["data"].decode())
+            except (RedisError, OSError) as exc:
+                log.warning("worker.cancels_disconnected", error=type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _cancel_heard(self, job_id: str) -> None:
+        claim = self.claims.get(job_id)
+        if claim is not None:
+            log.info("result.cancel_heard", job_id=job_id)
+            claim.stop.request(TASK_CANCELLED)
+            return
+        now = time.monotonic()
+        self._cancels_heard = {
+            heard: at for heard, at in self._cancels_heard.items() if now - at < _HEARD_FOR_S
+        }
+        self._cancels_heard[job_id] = now
+
+    async def _recheck_cancel_marks(self) -> None:
+        """Cancel marks set on the tasks of running results while no message could arrive."""
+        running = [job_id for job_id in self.claims if not job_id.endswith(":webhook")]
+        if not running:
+            return
+        keys = self.scheduler.keys
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in running:
+                pipe.hget(keys.task_head + job_id.rpartition(":")[0] + "}", "cancel")
+            marks = await pipe.execute()
+        for job_id, mark in zip(running, marks, strict=True):
+            claim = self.claims.get(job_id)
+            if mark is not None and claim is not None:
+                claim.stop.request(mark.decode())
 
     async def _renew_leases(self) -> None:
         interval = self.in_progress_timeout_s / 3
@@ -247,6 +302,7 @@ class QueueWorker(Worker):
 
 
 _WORKER = "taskwire_worker"  # where the seam finds the worker in arq's ctx
+_HEARD_FOR_S = 30.0  # how long a cancel for a job not running here is remembered
 
 
 def job_function(function: Callable[..., Awaitable[None]]) -> WorkerCoroutine:
@@ -257,7 +313,9 @@ def job_function(function: Callable[..., Awaitable[None]]) -> WorkerCoroutine:
     async def arq_job(ctx: dict[str, Any], *args: Any) -> None:
         worker: QueueWorker = ctx[_WORKER]
         job_id: str = ctx["job_id"]
-        claim = worker.claims.get(job_id) or Claim(worker._member(job_id)[0], None, False)
+        claim = worker.claims.get(job_id)
+        if claim is None:  # not started by _start: registered here, so cancels can find it
+            claim = worker.claims[job_id] = Claim(worker._member(job_id)[0], None, False)
         context = JobContext(ctx["deps"], job_id, int(ctx["job_try"]), claim)
         worker.contexts[job_id] = context
         await function(context, *args)

@@ -76,7 +76,10 @@ async def test_queued_results_are_recorded_as_cancelled_at_once(
     raw = await redis_async.hmget(KEYS.task(record.ref), ["done", "errors", "cancel"])
     assert raw == [b"2", b"2", None]  # counted like finished results; no mark needed
     events = await finals(store, record.ref)
-    assert [(e["i"], e["a"], e["r"]["status"]) for e in events] == [(0, 1, "error"), (1, 1, "error")]
+    assert [(e["i"], e["a"], e["r"]["status"]) for e in events] == [
+        (0, 1, "error"),
+        (1, 1, "error"),
+    ]
     # out of the queue, arq keys gone: nothing is left to claim, nothing counts as queued
     assert await scheduler(redis_async).depth() == {"b": 0}
     assert await redis_async.hget(KEYS.queue_prefix + "queued", OWNER) == b"0"
