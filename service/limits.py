@@ -81,6 +81,11 @@ def override_owners(settings: Settings) -> dict[str, KeyLimits]:
     return owners
 
 
+def _number(value: float) -> str:
+    """As Lua's tonumber reads it, and people too: "2", not "2.0"."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def _is_owner_id(name: str) -> bool:
     return len(name) == 16 and all(ch in "0123456789abcdef" for ch in name)
 
@@ -99,7 +104,7 @@ async def apply_key_limits(redis: Redis, keys: Keys, settings: Settings) -> int:
             if values:
                 pipe.hset(
                     keys.tenant(owner),
-                    mapping={TENANT_FIELDS[name]: value for name, value in values.items()},
+                    mapping={TENANT_FIELDS[name]: _number(v) for name, v in values.items()},
                 )
         await pipe.execute()
     log.info("limits.applied", overridden=sorted(owners))

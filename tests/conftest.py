@@ -137,7 +137,10 @@ def make_stack(tmp_path: Path, redis_binary: str) -> Iterator[StackFactory]:
         upstream_timeout_s: float = 2.0,
         sim_args: list[str] | None = None,
         catalog: str | None = None,
+        apis: int = 1,
+        api_keys: list[str] | None = None,
     ) -> Stack:
+        """A started stack; `apis` API processes (replicas on one Redis, `stack.api_urls`)."""
         root = tmp_path / f"stack{len(stacks)}"
         root.mkdir()
         catalog_path = write_catalog(root, upstream_timeout_s)
@@ -146,14 +149,17 @@ def make_stack(tmp_path: Path, redis_binary: str) -> Iterator[StackFactory]:
         stack = Stack(
             StackConfig(
                 root=root,
-                api_keys=[KEY_A, KEY_B],
+                api_keys=api_keys or [KEY_A, KEY_B],
                 catalog_path=catalog_path,
                 env={**TEST_SETTINGS, **(env or {})},
                 sim_args=sim_args or [],
             )
         )
         stacks.append(stack)
-        return stack.start(workers=workers)
+        stack.start(workers=workers)
+        for _ in range(apis - 1):
+            stack.start_api()
+        return stack
 
     yield factory
     for stack in stacks:
@@ -194,12 +200,14 @@ def text_task(prompt: str = "Say hello", **fields: Any) -> dict[str, Any]:
 
 
 class Api:
-    """A client of one stack's API."""
+    """A client of one of a stack's API processes (the first unless `url` names another)."""
 
-    def __init__(self, stack: Stack, key: str = KEY_A, timeout: float = 90.0):
+    def __init__(
+        self, stack: Stack, key: str = KEY_A, timeout: float = 90.0, url: str | None = None
+    ):
         self.stack = stack
         self.key = key
-        self.http = httpx.Client(base_url=stack.api_url, timeout=timeout)
+        self.http = httpx.Client(base_url=url or stack.api_url, timeout=timeout)
 
     def post(self, tasks: Any, key: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key or self.key}"}
