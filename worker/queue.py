@@ -16,8 +16,9 @@ exits on the first Redis error. Here:
 * **Settled by the job.** A result job settles its arq job in the same script that records
   its result, so arq's own finish round trip is skipped for it.
 * **Cancels reach running jobs.** Workers listen on the cancel channel (core/cancel.py
-  publishes the job ids of running results it marked) and raise the job's stop signal; after
-  a (re)subscribe they look for marks set while they were not listening.
+  publishes the job ids of running results it marked) beside the wake-ups, on the same
+  connection, and raise the job's stop signal; after a (re)subscribe they look for marks set
+  while they were not listening.
 * **Redis outages are survived.** Errors in the loop are logged and retried with backoff;
   the wake-up subscription reconnects by itself.
 * **Graceful stop.** SIGTERM stops claiming, lets running jobs finish within the grace
@@ -79,7 +80,6 @@ class QueueWorker(Worker):
         self._background = [
             asyncio.create_task(self._listen_for_wakeups(), name="worker-wakeups"),
             asyncio.create_task(self._renew_leases(), name="worker-leases"),
-            asyncio.create_task(self._listen_for_cancels(), name="worker-cancels"),
         ]
         log.info(
             "worker.started",
@@ -167,37 +167,28 @@ class QueueWorker(Worker):
     # --- wake-ups and leases
 
     async def _listen_for_wakeups(self) -> None:
+        """Wake-ups and cancels, on one pub/sub connection per worker."""
         assert self._wake is not None
+        keys = self.scheduler.keys
+        cancels = keys.cancels.encode()
         backoff = 0.05
         while True:
             try:
                 async with self.pool.pubsub() as pubsub:
-                    await pubsub.subscribe(self.scheduler.keys.wake)
+                    await pubsub.subscribe(keys.wake, keys.cancels)
                     self._wake.set()  # after a (re)connect, look at the queue at once
-                    backoff = 0.05
-                    while True:
-                        message = await pubsub.get_message(timeout=None)
-                        if message is not None and message["type"] == "message":
-                            self._wake.set()
-            except (RedisError, OSError) as exc:
-                log.warning("worker.wakeups_disconnected", error=type(exc).__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    async def _listen_for_cancels(self) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                async with self.pool.pubsub() as pubsub:
-                    await pubsub.subscribe(self.scheduler.keys.cancels)
                     await self._recheck_cancel_marks()
                     backoff = 0.05
                     while True:
                         message = await pubsub.get_message(timeout=None)
-                        if message is not None and message["type"] == "message":
+                        if message is None or message["type"] != "message":
+                            continue
+                        if message["channel"] == cancels:
                             self._cancel_heard(message["data"].decode())
+                        else:
+                            self._wake.set()
             except (RedisError, OSError) as exc:
-                log.warning("worker.cancels_disconnected", error=type(exc).__name__)
+                log.warning("worker.wakeups_disconnected", error=type(exc).__name__)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
