@@ -130,7 +130,8 @@ end
 
 # ARGV: queue prefix, tenant prefix, now ms, lease ms, limit, batch share, default weight,
 # default running results, default running deliveries, in-progress prefix, task-key head,
-# then the task-record fields to prefetch. Returns the next due time (ms, or -1), then per
+# the classes this claim may take (e.g. "ibh", or "i" when the worker is busy), then the
+# task-record fields to prefetch. Returns the next due time (ms, or -1), then per
 # claimed job: its member ("<class>|<id>") and the HMGET of its task record (results only).
 _CLAIM = (
     LUA_LIB
@@ -143,8 +144,9 @@ local share = tonumber(ARGV[6])
 local defaults = {weight = tonumber(ARGV[7]), r = tonumber(ARGV[8]), h = tonumber(ARGV[9])}
 local inprog = ARGV[10]
 local task_head = ARGV[11]
+local allowed = ARGV[12]
 local fields = {}
-for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
 
 -- delayed work that fell due joins its line
 local due = redis.call('ZRANGEBYSCORE', QP .. 'delayed', '-inf', now,
@@ -178,10 +180,13 @@ local sched = redis.call('HMGET', QP .. 'sched', 'credit', 'side')
 local credit = tonumber(sched[1] or '0')
 local side = sched[2] or 'h'
 
+local function has(c)
+  return string.find(allowed, c, 1, true) ~= nil
+    and redis.call('EXISTS', QP .. 'tenants:' .. c) == 1
+end
+
 local function choose_class()
-  local has_i = redis.call('EXISTS', QP .. 'tenants:i') == 1
-  local has_b = redis.call('EXISTS', QP .. 'tenants:b') == 1
-  local has_h = redis.call('EXISTS', QP .. 'tenants:h') == 1
+  local has_i, has_b, has_h = has('i'), has('b'), has('h')
   local batch = has_b or has_h
   if has_i and (not batch or credit < 1) then
     if batch then credit = math.min(credit + share, 1 + share) end
@@ -198,6 +203,7 @@ local function choose_class()
 end
 
 local claimed = {-1}
+local started = {}
 local taken = 0
 local tries = 0
 while taken < limit and tries < limit * 4 + 64 do
@@ -233,6 +239,7 @@ while taken < limit and tries < limit * 4 + 64 do
       redis.call('ZADD', QP .. 'leases', now + lease, member)
       redis.call('HINCRBY', QP .. 'running', kind .. ':' .. o, 1)
       taken = taken + 1
+      started[c] = (started[c] or 0) + 1
       claimed[#claimed + 1] = member
       local head_id, result_index = string.match(job, '^(.*):(%d+)$')
       if head_id then
@@ -246,6 +253,8 @@ while taken < limit and tries < limit * 4 + 64 do
   end
 end
 redis.call('HSET', QP .. 'sched', 'credit', tostring(credit), 'side', side)
+-- jobs started, by class, ever: the API reads the rate at which interactive work starts
+for c, count in pairs(started) do redis.call('HINCRBY', QP .. 'started', c, count) end
 
 local next_due = -1
 for _, key in ipairs({'delayed', 'leases'}) do
@@ -375,9 +384,11 @@ class Scheduler:
         raw = await self._redis.hgetall(self.keys.queue_prefix + "depth")  # type: ignore[misc]
         return {key.decode(): int(value) for key, value in raw.items()}
 
-    async def claim(self, limit: int) -> tuple[list[ClaimedJob], float | None]:
-        """Lease up to `limit` due jobs, in class and fairness order; also the epoch second
-        at which the next delayed job or lease falls due, if any."""
+    async def claim(
+        self, limit: int, classes: str = "ibh"
+    ) -> tuple[list[ClaimedJob], float | None]:
+        """Lease up to `limit` due jobs of the given classes, in class and fairness order;
+        also the epoch second at which the next delayed job or lease falls due, if any."""
         fair = self.fairness
         reply: list[Any] = await self._claim(
             args=[
@@ -392,6 +403,7 @@ class Scheduler:
                 fair.max_deliveries,
                 ARQ_IN_PROGRESS_PREFIX,
                 self.keys.task_head,
+                classes,
                 *JOB_INPUT_FIELDS,
             ],
         )

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     cancel_wait_s: float = Field(default=2.0, ge=0)
     task_retention_s: int = Field(default=24 * 3600, ge=60)
     max_queue_depth: int = Field(default=200_000, ge=1)
+    # Load shedding: a new interactive (sync, stream) task whose estimated wait to start is
+    # over this gets 503 serverBusy at once (0 turns shedding off). The estimate: the work
+    # ahead of it (its key's own queued interactive work times the keys taking turns) over
+    # the rate at which workers start interactive work, read every shed_refresh_s.
+    interactive_wait_budget_s: float = Field(default=1.0, ge=0)
+    shed_refresh_s: float = Field(default=0.1, gt=0)
     catalog_path: Path = PROJECT_ROOT / "deploy" / "models.toml"
     # The absolute base URL clients reach the API at (e.g. https://api.example.com): links in
     # responses (stream links, imageURL) are built on it, and workers hand upstreams signed
@@ -139,6 +145,16 @@ class Settings(BaseSettings):
     key_limits: dict[str, KeyLimits] = Field(default_factory=dict)
 
     # --- worker
+    # A worker whose event loop lags more than the first takes no new batch work, more than
+    # the second no new work at all: the rest stays queued (worker/admission.py).
+    worker_batch_lag_s: float = Field(default=0.010, gt=0)
+    worker_interactive_lag_s: float = Field(default=0.050, gt=0)
+    # The job classes this worker takes: i interactive (sync, stream), b batch (async), h
+    # webhook deliveries. An "i" lane beside "bh" workers keeps interactive work off the
+    # processes a batch flood keeps busy; worker_nice lowers a process's CPU priority (e.g.
+    # batch workers sharing a host with an interactive lane).
+    worker_classes: str = Field(default="ibh", pattern=r"^[ibh]{1,3}$")
+    worker_nice: int = Field(default=0, ge=0, le=19)
     worker_max_jobs: int = Field(default=500, ge=1)
     job_timeout_s: float = Field(default=600.0, gt=0)
     # The in-progress key of a running job is a lease renewed by its worker; a killed worker's
@@ -167,6 +183,13 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("worker_classes")
+    @classmethod
+    def _classes(cls, value: str) -> str:
+        if len(set(value)) != len(value):
+            raise ValueError("name each job class once")
         return value
 
     @field_validator("webhook_schedule_s")

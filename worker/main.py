@@ -26,6 +26,7 @@ from core.settings import Settings
 from core.store import TaskStore
 from core.tokens import ImageTokens, load_secret
 from core.webhooks import RetrySchedule, WebhookSecrets
+from worker.admission import LagMonitor
 from worker.images import ImageResolver
 from worker.inference import Inference
 from worker.jobs import WorkerDeps, run_result
@@ -206,6 +207,11 @@ def build_worker(settings: Settings) -> QueueWorker:
         job_deserializer=json_deserializer,
         ctx={"settings": settings},
         scheduler=Scheduler(redis, keys, settings.job_lease_s, fairness(settings)),
+        admission=LagMonitor(
+            batch_lag_s=settings.worker_batch_lag_s,
+            interactive_lag_s=settings.worker_interactive_lag_s,
+        ),
+        classes=settings.worker_classes,
         worker_key=f"{keys.workers}:{socket.gethostname()}:{os.getpid()}",
     )
 
@@ -213,6 +219,8 @@ def build_worker(settings: Settings) -> QueueWorker:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, process="worker")
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
     build_worker(settings).run()

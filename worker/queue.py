@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from core.errors import TASK_CANCELLED
 from core.scheduler import HOOK, ClaimedJob, Scheduler, member, now_ms
+from worker.admission import ALL_CLASSES, INTERACTIVE_ONLY, LagMonitor
 from worker.context import Claim, JobContext
 
 log = structlog.get_logger("taskwire.worker")
@@ -49,9 +50,21 @@ log = structlog.get_logger("taskwire.worker")
 class QueueWorker(Worker):
     """arq Worker woken by pub/sub, with leased claims and Redis-outage survival."""
 
-    def __init__(self, *, scheduler: Scheduler, worker_key: str, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        scheduler: Scheduler,
+        worker_key: str,
+        admission: LagMonitor | None = None,
+        classes: str = ALL_CLASSES,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.scheduler = scheduler
+        # Takes new work only while the loop keeps up (worker/admission.py).
+        self.admission = admission or LagMonitor()
+        self.classes = classes  # the job classes this worker takes
+        self._held_back = False
         # arq sets in-progress keys for job_timeout + 10 s; ours are leases, renewed below.
         self.in_progress_timeout_s = scheduler.lease_ms / 1000
         self._worker_key = worker_key
@@ -80,12 +93,14 @@ class QueueWorker(Worker):
         self._background = [
             asyncio.create_task(self._listen_for_wakeups(), name="worker-wakeups"),
             asyncio.create_task(self._renew_leases(), name="worker-leases"),
+            asyncio.create_task(self.admission.run(), name="worker-lag-monitor"),
         ]
         log.info(
             "worker.started",
             queue=self.queue_name,
             max_jobs=self.max_jobs,
             lease_s=self.in_progress_timeout_s,
+            classes=self.classes,
         )
         backoff = 0.05
         try:
@@ -104,6 +119,9 @@ class QueueWorker(Worker):
                     continue
                 backoff = 0.05
                 wait = self.poll_delay_s
+                if self._held_back:
+                    # work was left queued because the loop is busy: look again soon
+                    wait = self.admission.interval_s * 2
                 if self._next_due is not None:
                     # a scheduled retry or a lapsing lease: look again right when it is due
                     wait = min(wait, max(self._next_due - time.time(), 0.001))
@@ -127,12 +145,19 @@ class QueueWorker(Worker):
                 delay = min(delay * 2, 2.0)
 
     async def _poll_iteration(self) -> None:
+        self._held_back = False
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             free = self.max_jobs - self.job_counter
-            claimed, self._next_due = await self.scheduler.claim(free)
-            for job in claimed:
-                self._start(job)
-            self._saturated = len(claimed) >= free
+            classes = "".join(c for c in self.admission.classes() if c in self.classes)
+            # Batch work is taken in small steps, each after a look at the loop's lag, so
+            # the worker grows into its capacity instead of leaping past it.
+            step = free if classes == INTERACTIVE_ONLY else min(free, self.admission.batch_step)
+            self._held_back = classes != self.classes or step < free
+            if classes:
+                claimed, self._next_due = await self.scheduler.claim(step, classes)
+                for job in claimed:
+                    self._start(job)
+                self._saturated = len(claimed) >= step
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
