@@ -185,6 +185,7 @@ async def post_tasks(request: Request, state: State) -> Response:
             base_url=str(request.base_url),
             deliveries=state.deliveries,
             receive=request.receive,
+            shedder=state.shedder,
         )
         slots = await batch.run(tasks)
         stream = next((slot.stream for slot in slots if slot.stream is not None), None)

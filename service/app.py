@@ -36,6 +36,7 @@ from service.images_api import router as images_router
 from service.limits import apply_key_limits, override_owners
 from service.origin import PublicOrigin, TrustedProxies
 from service.pages import router as pages_router
+from service.shedding import LoadShedder
 from service.state import AppState
 from service.tasks_api import router as tasks_router
 from service.webhooks_api import router as webhooks_router
@@ -71,6 +72,13 @@ def create_app(settings: Settings) -> FastAPI:
         await apply_key_limits(redis, store.keys, settings)
         hub = EventHub(redis)
         await hub.start()
+        shedder = LoadShedder(
+            redis,
+            store.keys,
+            budget_s=settings.interactive_wait_budget_s,
+            refresh_s=settings.shed_refresh_s,
+        )
+        await shedder.start()
         secret = await load_secret(redis, settings)
         tokens = StreamTokens(secret, settings.stream_token_ttl_s)
         image_tokens = ImageTokens(secret, settings.task_retention_s)
@@ -110,11 +118,13 @@ def create_app(settings: Settings) -> FastAPI:
                 store.keys,
                 BucketDefaults(settings.key_read_rps, settings.key_read_burst),
             ),
+            shedder=shedder,
         )
         log.info("service.started", models=catalog.ids(), api_keys=len(keyring))
         try:
             yield
         finally:
+            await shedder.close()
             await hub.close()
             await image_client.aclose()
             await redis.aclose()

@@ -45,6 +45,7 @@ from service.cancel import Disconnects, TaskCancels, in_background
 from service.delivery import collect_results, confirmed, result_items, watching
 from service.images import Images
 from service.limits import limit_error
+from service.shedding import LoadShedder
 from service.streaming import ChunkRenderer
 
 
@@ -173,8 +174,10 @@ class Batch:
         base_url: str,
         deliveries: DeliveryStore | None = None,
         receive: Receive | None = None,
+        shedder: LoadShedder | None = None,
     ):
         self.owner = owner
+        self.shedder = shedder
         self.settings = settings
         self.catalog = catalog
         self.store = store
@@ -257,7 +260,7 @@ class Batch:
                             slot, slot.task, subscriptions, alone=len(raw_tasks) == 1
                         )
                     )
-                except InvalidRequest as exc:
+                except (InvalidRequest, ServiceUnavailable) as exc:
                     slot.errors.append(exc)
             else:
                 slot.errors.append(
@@ -295,6 +298,8 @@ class Batch:
                 code="invalidDeliveryMethod",
                 parameter="deliveryMethod",
             )
+        if task.deliveryMethod in ("sync", "stream") and self.shedder is not None:
+            self.shedder.check(self.owner, task.numberResults)  # 503 serverBusy when swamped
         # A waiting task's subscription starts now, so Redis confirms it while the rest of
         # the request is checked; results can only arrive after it is live.
         sub = None

@@ -19,6 +19,7 @@ from core.tokens import StreamTokens
 from core.webhooks import WebhookSecrets
 from service.auth import KeyRing
 from service.images import Images
+from service.shedding import LoadShedder
 
 
 @dataclass(slots=True)
@@ -35,6 +36,7 @@ class AppState:
     deliveries: DeliveryStore
     images: Images
     read_bucket: ReadBucket  # getResponse / imageUpload rate per key (service/limits.py)
+    shedder: LoadShedder | None = None  # 503 serverBusy for interactive work (shedding.py)
 
 
 async def get_state(request: Request) -> AppState:
