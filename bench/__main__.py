@@ -12,7 +12,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, streaming, webhooks
+from bench import foundation, streaming, tenants, webhooks
 from bench.common import start_stack
 from core.settings import PROJECT_ROOT
 
@@ -124,10 +124,35 @@ async def webhook_sections(args: argparse.Namespace) -> list[str]:
     ]
 
 
+async def tenant_sections(args: argparse.Namespace) -> list[str]:
+    sections: list[str] = []
+    stack = start_stack(workers=1, env=tenants.TENANT_ENV, keys=[tenants.KEY_A, tenants.KEY_B])
+    try:
+        print("tenants: key B's latency beside key A's backlog ...", flush=True)
+        run = await tenants.flood(stack, args.backlog, args.samples // 2)
+        sections.append(
+            "### Tenants: one key's backlog, another key's sync latency\n\n"
+            + tenants.flood_table(run)
+        )
+    finally:
+        stack.stop()
+    stack = start_stack(workers=1, env=tenants.TENANT_ENV, keys=[tenants.KEY_A, tenants.KEY_B])
+    try:
+        print("tenants: twice the sync capacity offered ...", flush=True)
+        over = await tenants.overload(stack, args.samples // 2)
+        sections.append(
+            "### Tenants: twice the sync capacity offered\n\n" + tenants.overload_table(over)
+        )
+    finally:
+        stack.stop()
+    return sections
+
+
 SUITES = {
     "foundation": foundation_sections,
     "streaming": streaming_sections,
     "webhooks": webhook_sections,
+    "tenants": tenant_sections,
 }
 
 
@@ -162,6 +187,9 @@ def main() -> None:
         nargs="+",
         default=[500, 1000, 2000, 4000],
         help="open-stream counts to hold on one API process",
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=20_000, help="key A's async backlog (tenants suite)"
     )
     parser.add_argument("--only", nargs="+", choices=list(SUITES), help="run only these suites")
     parser.add_argument("--no-record", action="store_true", help="do not update the doc")

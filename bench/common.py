@@ -18,9 +18,13 @@ API_KEY = "tw-bench-key"
 SIM_KEY = "sim-bench-key"
 
 
-def start_stack(workers: int = 1, env: dict[str, str] | None = None) -> Stack:
+def start_stack(
+    workers: int = 1, env: dict[str, str] | None = None, keys: list[str] | None = None
+) -> Stack:
     root = Path(tempfile.mkdtemp(prefix="taskwire-bench-"))
-    stack = Stack(StackConfig(root=root, api_keys=[API_KEY], sim_api_key=SIM_KEY, env=env or {}))
+    stack = Stack(
+        StackConfig(root=root, api_keys=keys or [API_KEY], sim_api_key=SIM_KEY, env=env or {})
+    )
     return stack.start(workers=workers)
 
 
