@@ -50,9 +50,12 @@ def limit_error(hit: LimitHit) -> RateLimited:
 
 def read_cost(tasks: list[Any]) -> int:
     """How many tokens of the read bucket a request's tasks take."""
-    return sum(
-        1 for task in tasks if isinstance(task, dict) and task.get("taskType") in READ_TASK_TYPES
-    )
+    return sum(1 for task in tasks if isinstance(task, dict) and _is_read(task.get("taskType")))
+
+
+def _is_read(task_type: object) -> bool:
+    # anything may arrive as a taskType here (validation comes later): only strings match
+    return isinstance(task_type, str) and task_type in READ_TASK_TYPES
 
 
 async def check_reads(bucket: ReadBucket, owner: str, tasks: list[Any]) -> None:

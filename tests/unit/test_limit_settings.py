@@ -60,3 +60,16 @@ def test_reads_cost_one_token_each() -> None:
         "not a task",
     ]
     assert read_cost(tasks) == 2
+
+
+def test_read_cost_ignores_task_types_that_are_not_strings() -> None:
+    from service.limits import read_cost
+
+    tasks = [
+        {"taskType": ["getResponse"]},
+        {"taskType": {"a": 1}},
+        {"taskType": "getResponse"},
+        {"taskType": "imageUpload"},
+        "not a task",
+    ]
+    assert read_cost(tasks) == 2
