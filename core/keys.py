@@ -58,6 +58,11 @@ class Keys:
     def task(self, ref: TaskRef) -> str:
         return f"{self.task_head}{ref.owner}:{ref.uuid}}}"
 
+    def task_index(self, owner: str) -> str:
+        """ZSET of a key's tasks (members: canonical taskUUIDs, scored by creation time in
+        epoch ms), written by the submit script and read by `GET /v1/tasks`."""
+        return f"{self.prefix}:tasks:{owner}"
+
     def events(self, ref: TaskRef) -> str:
         return f"{self.prefix}:ev:{{{ref.owner}:{ref.uuid}}}"
 

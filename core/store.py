@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 
@@ -54,6 +54,33 @@ class TaskRecord:
     deliveries: dict[int, dict[str, Any]] = field(default_factory=dict)  # webhook state
 
 
+TaskStatus = Literal["processing", "success", "error", "partial"]
+
+
+def task_status(number_results: int, done: int, errors: int) -> TaskStatus:
+    """A task as a whole: `processing` until every result is final, then `success` (no
+    errors), `error` (all errors) or `partial`."""
+    if done < number_results:
+        return "processing"
+    if errors == 0:
+        return "success"
+    return "error" if errors >= number_results else "partial"
+
+
+@dataclass(frozen=True, slots=True)
+class ListCursor:
+    """Where a page of a key's task list ended: the last entry's score and taskUUID."""
+
+    score: str
+    uuid: str
+
+
+@dataclass(slots=True)
+class TaskPage:
+    records: list[TaskRecord]
+    next: ListCursor | None  # None: nothing older is left
+
+
 @dataclass(frozen=True, slots=True)
 class FollowUpJob:
     """A job enqueued together with a final result, and the record field it initialises."""
@@ -78,8 +105,10 @@ class FinishOutcome:
 
 # ARGV: queue prefix, tenant prefix, fingerprint, request, seeds, n, created ms, retention
 # s, max queue depth, default max queued per key, job class, rate prefix, usage prefix,
-# default rps, default burst, default tokens per minute, then n job payloads and n job ids.
-# KEYS: the task record, then the n arq job keys. Returns {1} (created), {0, fp} (the
+# default rps, default burst, default tokens per minute, then n job payloads, n job ids,
+# the canonical taskUUID and the head of the key's task record names ("<prefix>:task:{<owner>:").
+# KEYS: the task record, the n arq job keys, then the key's task index (a ZSET: taskUUIDs
+# by creation time, read by GET /v1/tasks). Returns {1} (created), {0, fp} (the
 # taskUUID exists), {-1} (the queue is full), {-2, limit} (the key's own queue quota is
 # full), {-3, limit, wait ms} (its tokens per minute are spent) or {-4, rps, wait ms} (its
 # request-rate bucket is empty). Only a created task takes a token from the bucket.
@@ -119,6 +148,17 @@ for i = 1, n do
   redis.call('SET', KEYS[1 + i], ARGV[J + i], 'PX', ttl_ms)
   make_ready(ARGV[11], ARGV[J + n + i], created)
 end
+-- The key's task index: this task, and a few of its oldest entries dropped once their
+-- records have expired (a record lives `retention` past its last result, so an entry older
+-- than that is checked, not assumed gone). The index outlives its newest task's record.
+local index = KEYS[n + 2]
+redis.call('ZADD', index, ARGV[7], ARGV[J + 2 * n + 1])
+local head = ARGV[J + 2 * n + 2]
+local old = redis.call('ZRANGEBYSCORE', index, '-inf', created - ttl_ms, 'LIMIT', 0, 8)
+for _, member in ipairs(old) do
+  if redis.call('EXISTS', head .. member .. '}') == 0 then redis.call('ZREM', index, member) end
+end
+redis.call('PEXPIRE', index, 2 * ttl_ms)
 return {1}
 """
 )
@@ -255,7 +295,11 @@ class TaskStore:
                 ]
                 # EVAL, not EVALSHA: a pipeline of EVALSHA costs an extra SCRIPT EXISTS round
                 # trip in redis-py, and Redis caches the compiled script by its hash anyway.
-                keys = [self.keys.task(task.ref), *(self.keys.job(job_id) for job_id in job_ids)]
+                keys = [
+                    self.keys.task(task.ref),
+                    *(self.keys.job(job_id) for job_id in job_ids),
+                    self.keys.task_index(task.ref.owner),
+                ]
                 pipe.eval(
                     _SUBMIT,
                     len(keys),
@@ -278,6 +322,8 @@ class TaskStore:
                     str(self.tokens_per_minute),
                     *payloads,
                     *job_ids,
+                    task.ref.uuid,
+                    f"{self.keys.task_head}{task.ref.owner}:",
                 )
             pipe.publish(self.keys.wake, b"1")
             replies = await pipe.execute()
@@ -298,6 +344,70 @@ class TaskStore:
             _record_from_hash(ref, raw) if raw and b"fp" in raw else None
             for ref, raw in zip(refs, replies, strict=True)
         ]
+
+    async def list_page(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        after: ListCursor | None = None,
+        status: TaskStatus | None = None,
+        scan_max: int = 1000,
+    ) -> TaskPage:
+        """A key's tasks, newest first, after `after`, with `status` if given: at most
+        `limit` records, looking at no more than `scan_max` index entries (a filtered page
+        may then hold fewer records than `limit` and still have a `next` cursor). Entries
+        whose records have expired are dropped from the index on the way."""
+        index = self.keys.task_index(owner)
+        top = after.score if after is not None else "+inf"
+        chunk = max(limit, 50)
+        offset = 0
+        scanned = 0
+        picked: list[tuple[str, str]] = []  # (uuid, score)
+        last: tuple[str, str] | None = None  # the last entry looked at
+        gone: list[str] = []
+        exhausted = False
+        while len(picked) < limit and scanned < scan_max:
+            entries = await self.redis.zrevrangebyscore(
+                index, top, "-inf", start=offset, num=chunk, withscores=True, score_cast_func=_text
+            )
+            offset += len(entries)
+            if len(entries) < chunk:
+                exhausted = True
+            # Entries of the cursor's own score come in descending taskUUID order: those up
+            # to and including the cursor's were on earlier pages.
+            fresh = [
+                (_text(member), score)
+                for member, score in entries
+                if after is None or score != after.score or _text(member) < after.uuid
+            ]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for uuid, _ in fresh:
+                    pipe.hmget(self.keys.task(TaskRef(owner, uuid)), ["n", "done", "errors"])
+                counts = await pipe.execute()
+            for (uuid, score), (n, done, errors) in zip(fresh, counts, strict=True):
+                if len(picked) >= limit or scanned >= scan_max:
+                    break
+                scanned += 1
+                last = (uuid, score)
+                if n is None:
+                    gone.append(uuid)
+                    continue
+                current = task_status(int(n), int(done or 0), int(errors or 0))
+                if status is None or current == status:
+                    picked.append((uuid, score))
+            else:
+                if exhausted:
+                    break
+                continue
+            exhausted = False  # stopped inside this chunk: more may follow
+            break
+        if gone:
+            await self.redis.zrem(index, *gone)
+        records = await self.get_many([TaskRef(owner, uuid) for uuid, _ in picked])
+        found = [record for record in records if record is not None]
+        more = not exhausted and last is not None
+        return TaskPage(found, ListCursor(last[1], last[0]) if more and last else None)
 
     # --- worker side
 

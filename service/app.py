@@ -39,6 +39,7 @@ from service.pages import router as pages_router
 from service.shedding import LoadShedder
 from service.state import AppState
 from service.tasks_api import router as tasks_router
+from service.tasks_list import router as tasks_list_router
 from service.webhooks_api import router as webhooks_router
 
 log = structlog.get_logger("taskwire.service")
@@ -150,6 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(images_router)
     app.include_router(tasks_router)
+    app.include_router(tasks_list_router)
 
     @app.get("/health")
     async def health(request: Request) -> Response:
