@@ -86,6 +86,30 @@ class Keys:
     def webhook_secret(self, owner: str) -> str:
         return f"{self.prefix}:whsec:{owner}"
 
+    # API keys managed at run time (core/apikeys.py): one hash per key, by its SHA-256 digest
+    # (hex), an index of them all, one record per owner (and the set of its keys), a version
+    # bumped by every change and a channel announcing each change to the API processes.
+    def apikey(self, digest_hex: str) -> str:
+        return f"{self.prefix}:apikey:{digest_hex}"
+
+    @property
+    def apikey_index(self) -> str:
+        return f"{self.prefix}:apikeys"
+
+    @property
+    def apikey_version(self) -> str:
+        return f"{self.prefix}:apikeys:version"
+
+    @property
+    def apikey_changes(self) -> str:
+        return f"{self.prefix}:apikeys:changed"
+
+    def owner(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}"
+
+    def owner_keys(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:keys"
+
     @property
     def pending_deliveries(self) -> str:
         """ZSET of pending webhook delivery job ids, scored by when each is due (epoch ms)."""

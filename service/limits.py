@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from core.apikeys import LIMITS_SOURCE, RUNTIME
 from core.errors import QueueLimitExceeded, RateLimited, TokenLimitExceeded
 from core.keys import Keys
 from core.limits import TENANT_FIELDS, LimitHit, ReadBucket
@@ -94,15 +95,29 @@ def _is_owner_id(name: str) -> bool:
 
 
 async def apply_key_limits(redis: Redis, keys: Keys, settings: Settings) -> int:
-    """Write each key's overrides into its tenant hash, in one transaction. Until keys are
-    managed in Redis, settings are the truth for the keys they name and the accepted keys:
-    their limit fields are exactly the overrides (a removed override is removed)."""
+    """Write each key's overrides into its tenant hash, in one transaction.
+
+    Settings are the truth for the owners TASKWIRE_KEY_LIMITS names: their limit fields are
+    exactly the overrides. The other keys from settings get
+    their limit fields removed (a removed override is removed), unless the limits were set
+    at run time (`python -m service.keys set-limits`, marked `limits_src=runtime`): those
+    are kept, as are every other owner's."""
     owners = override_owners(settings)
     known = {owner_id(key_digest(key)) for key in settings.all_api_keys()} | set(owners)
+    ordered = sorted(known)
+    async with redis.pipeline(transaction=False) as pipe:
+        for owner in ordered:
+            pipe.hget(keys.tenant(owner), LIMITS_SOURCE)
+        sources = dict(zip(ordered, await pipe.execute(), strict=True))
     async with redis.pipeline(transaction=True) as pipe:
-        for owner in sorted(known):
-            pipe.hdel(keys.tenant(owner), *TENANT_FIELDS.values())
+        for owner in ordered:
             limits = owners.get(owner)
+            runtime = sources[owner] == RUNTIME.encode()
+            if limits is None and runtime:
+                continue
+            if limits is not None and runtime:
+                log.warning("limits.runtime_limits_replaced", owner=owner)
+            pipe.hdel(keys.tenant(owner), *TENANT_FIELDS.values(), LIMITS_SOURCE)
             values = limits.model_dump(exclude_none=True) if limits is not None else {}
             if values:
                 pipe.hset(
