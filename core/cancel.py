@@ -12,13 +12,12 @@ settles its lease. Results already final are left as they are.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, Literal
 
+from core.contract import LUA_FINAL_EVENT, ErrorItem
 from core.errors import TASK_CANCELLED, TASK_EXPIRED
 from core.keys import ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, TaskRef
-from core.protocol import error_item
 from core.scheduler import LUA_LIB
 from core.store import RECORD_FINAL, FollowUpJob, TaskRecord, TaskStore, job_class_of
 
@@ -33,6 +32,7 @@ Fate = Literal["final", "cancelled", "running"]
 _CANCEL = (
     LUA_LIB
     + RECORD_FINAL
+    + LUA_FINAL_EVENT
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local fates, running = {}, {}
@@ -45,8 +45,7 @@ for i = 9, #ARGV, 4 do
     -- never ran (or ran and was handed back): its final event outranks any earlier attempt
     local attempt = tonumber(redis.call('GET', ARGV[8] .. job) or '1')
     redis.call('DEL', ARGV[7] .. job, ARGV[8] .. job)
-    local event = '{"t":"f","i":' .. index .. ',"a":' .. math.max(attempt, 1)
-      .. ',"r":' .. item .. '}'
+    local event = final_event(index, math.max(attempt, 1), item)
     record_final(KEYS[1], KEYS[2], field, item, event, ARGV[3], ARGV[4], 1, ARGV[i + 3], {})
     fates[#fates + 1] = 'cancelled'
   else
@@ -99,7 +98,7 @@ class Canceller:
             args += [
                 index,
                 store.keys.job_id(ref, index),
-                _dumps(error_item(task_uuid, index, code, message)),
+                ErrorItem(task_uuid, index, code, message).encode(),
                 store.follow_up_json(then),
             ]
         fates = await self._script(keys=[store.keys.task(ref), store.keys.events(ref)], args=args)
@@ -131,7 +130,3 @@ def _fate(raw: bytes | str) -> Fate:
     if value == "cancelled":
         return "cancelled"
     return "running" if value == "running" else "final"
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -496,13 +496,3 @@ def processing_item(task_uuid: str, result_index: int | None = None) -> dict[str
         item["resultIndex"] = result_index
     item["status"] = "processing"
     return item
-
-
-def error_item(task_uuid: str, result_index: int, code: str, message: str) -> dict[str, Any]:
-    return {
-        "taskType": "textInference",
-        "taskUUID": task_uuid,
-        "resultIndex": result_index,
-        "status": "error",
-        "error": {"code": code, "message": message},
-    }

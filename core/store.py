@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from core.contract import Delta, ErrorItem, Final, TaskEvent
 from core.jobs import JOB_INPUT_FIELDS, JobInput, job_input_from
 from core.keys import ARQ_IN_PROGRESS_PREFIX, RUN_RESULT_JOB, Keys, TaskRef
 from core.limits import LIMITS_LIB, UNLIMITED, BucketDefaults, LimitHit, LimitKind
@@ -432,21 +433,19 @@ class TaskStore:
                 return found
             start = f"({found[-1][0]}"
 
-    async def append_events(self, ref: TaskRef, payloads: Sequence[dict[str, Any]]) -> list[str]:
+    async def append_events(self, ref: TaskRef, events: Sequence[TaskEvent]) -> list[str]:
         """Append events to the task's stream (one round trip) and notify live readers."""
         ids = await self._append(
             keys=[self.keys.events(ref)],
-            args=[self.retention_s, self.event_maxlen, *(_dumps(p) for p in payloads)],
+            args=[self.retention_s, self.event_maxlen, *(event.encode() for event in events)],
         )
         return [_text(event_id) for event_id in ids]
 
     async def finish_result(
         self,
         ref: TaskRef,
-        index: int,
-        item: dict[str, Any],
-        event: dict[str, Any],
-        pending: Sequence[dict[str, Any]] = (),
+        final: Final,
+        pending: Sequence[Delta] = (),
         then: FollowUpJob | None = None,
         job_class: str = INTERACTIVE,
     ) -> FinishOutcome:
@@ -454,8 +453,10 @@ class TaskStore:
         still-pending delta events, settle the result's job (lease, running slot and arq
         keys; `job_class` is the queue class it was claimed from) and enqueue `then` (with
         the record field it sets), all in one step."""
+        index = final.index
         job_id = self.keys.job_id(ref, index)
         follow = self.follow_up_json(then)
+        item = final.item.encode()  # the record and the event carry the same bytes
         reply = await self._finish(
             keys=[
                 self.keys.task(ref),
@@ -466,16 +467,16 @@ class TaskStore:
             args=[
                 self.keys.queue_prefix,
                 f"r:{index}",
-                _dumps(item),
-                _dumps(event),
+                item,
+                final.encode(item),
                 self.retention_s,
                 self.event_maxlen,
-                1 if item.get("status") == "error" else 0,
+                1 if isinstance(final.item, ErrorItem) else 0,
                 job_id,
                 job_class,
                 ARQ_IN_PROGRESS_PREFIX,
                 follow,
-                *(_dumps(p) for p in pending),
+                *(delta.encode() for delta in pending),
             ],
         )
         if int(reply[0]) != 1:

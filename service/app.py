@@ -14,6 +14,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
+from core.apikeys import ApiKeyStore
 from core.catalog import Catalog
 from core.deliveries import DeliveryStore
 from core.errors import InvalidRequest, ServiceUnavailable, TaskwireError
@@ -28,8 +29,9 @@ from core.settings import Settings
 from core.store import TaskStore
 from core.tokens import ImageTokens, StreamTokens, load_secret
 from core.webhooks import WebhookSecrets
+from service.admin_api import router as admin_router
 from service.api import error_response, json_response, router
-from service.auth import KeyRing
+from service.auth import KeyRing, KeyRingSync
 from service.events_api import router as events_router
 from service.images import Images
 from service.images_api import router as images_router
@@ -75,6 +77,10 @@ def create_app(settings: Settings) -> FastAPI:
         await hub.start()
         shedder = LoadShedder(
             redis,
+        # managed API keys (core/apikeys.py), kept current in memory (service/auth.py)
+        app.state.apikeys = ApiKeyStore(redis, store.keys)
+        key_sync = KeyRingSync(keyring, app.state.apikeys, hub, settings.key_ring_poll_s)
+        await key_sync.start()
             store.keys,
             budget_s=settings.interactive_wait_budget_s,
             refresh_s=settings.shed_refresh_s,
@@ -130,6 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
             await image_client.aclose()
             await redis.aclose()
 
+            await key_sync.close()
     app = FastAPI(
         title="taskwire",
         summary="Runware-compatible asynchronous inference task API",
@@ -158,6 +165,7 @@ def create_app(settings: Settings) -> FastAPI:
         state: AppState = request.app.state.taskwire
         try:
             await state.redis.ping()
+    app.include_router(admin_router)  # 404 unless TASKWIRE_ADMIN_TOKEN is set
         except (RedisError, OSError):
             return error_response(ServiceUnavailable("Redis is unreachable.", retry_after=2))
         return json_response({"status": "ok"}, 200)

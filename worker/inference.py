@@ -8,16 +8,16 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import structlog
 
 from core.cancel import stop_message
 from core.catalog import Catalog, ModelSpec, Route
+from core.contract import ErrorItem, ResultItem
 from core.errors import UpstreamError
 from core.images import ImageError
-from core.protocol import TextInferenceTask, error_item
+from core.protocol import TextInferenceTask
 from worker.images import ImageResolver
 from worker.providers.base import (
     Adapter,
@@ -39,7 +39,7 @@ StopCheck = Callable[[], Awaitable[str | None]]
 
 @dataclass(slots=True)
 class InferenceOutcome:
-    item: dict[str, Any]
+    item: ResultItem
     route: str | None
     attempts: int
     usage: UsageReport | None = None
@@ -246,7 +246,7 @@ class Inference:
         message: str,
     ) -> InferenceOutcome:
         return InferenceOutcome(
-            item=error_item(task.taskUUID, index, code, message),
+            item=ErrorItem(task.taskUUID, index, code, message),
             route=tried[-1] if tried else None,
             attempts=attempts,
             routes_tried=tried,

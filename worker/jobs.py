@@ -12,10 +12,11 @@ import structlog
 from redis.exceptions import RedisError
 
 from core.cancel import read_cancel_mark, stop_message
+from core.contract import ErrorItem, ResultItem
 from core.errors import TASK_EXPIRED
 from core.keys import TaskRef
 from core.limits import UsageMeter
-from core.protocol import TextInferenceTask, error_item
+from core.protocol import TextInferenceTask
 from core.settings import Settings
 from core.store import FinishOutcome, FollowUpJob, TaskStore
 from worker.context import JobContext, StopSignal
@@ -228,12 +229,12 @@ def _error_outcome(
     task: TextInferenceTask, index: int, code: str, message: str
 ) -> InferenceOutcome:
     return InferenceOutcome(
-        item=error_item(task.taskUUID, index, code, message), route=None, attempts=0
+        item=ErrorItem(task.taskUUID, index, code, message), route=None, attempts=0
     )
 
 
 async def _finish(
-    publisher: ResultPublisher, item: dict[str, Any], then: FollowUpJob | None
+    publisher: ResultPublisher, item: ResultItem, then: FollowUpJob | None
 ) -> FinishOutcome:
     """Write the final result (and enqueue its webhook delivery), riding out a short Redis
     outage (the write is idempotent)."""
@@ -287,8 +288,8 @@ def _log_completion(
         route=outcome.route,
         routes_tried=outcome.routes_tried if len(outcome.routes_tried) > 1 else None,
         attempts=outcome.attempts,
-        status=item["status"],
-        error_code=item.get("error", {}).get("code"),
+        status=item.status,
+        error_code=item.code if isinstance(item, ErrorItem) else None,
         latency_ms=round((time.monotonic() - started) * 1000, 2),
         queue_ms=round(queue_ms, 2),
         prompt_tokens=usage.prompt_tokens if usage else None,

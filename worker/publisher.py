@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
 
+from core.contract import Delta, Final, ResultItem
 from core.keys import TaskRef
 from core.store import FinishOutcome, FollowUpJob, TaskStore
 
@@ -65,7 +65,7 @@ class ResultPublisher:
         self._chars = 0
         self._oldest = 0.0
         self._seq = 0
-        self._outbox: list[dict[str, Any]] = []
+        self._outbox: list[Delta] = []
         self._timer: asyncio.TimerHandle | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self.published = False
@@ -134,15 +134,12 @@ class ResultPublisher:
             return
         self._seq += 1
         self.published = True
-        self._outbox.append(
-            {
-                "t": "d",
-                "i": self._index,
-                "a": self._attempt,
-                "s": self._seq,
-                self._kind: "".join(self._parts),
-            }
-        )
+        piece = "".join(self._parts)
+        if self._kind == "rc":
+            delta = Delta(self._index, self._attempt, self._seq, reasoning=piece)
+        else:
+            delta = Delta(self._index, self._attempt, self._seq, text=piece)
+        self._outbox.append(delta)
         self._parts, self._chars = [], 0
 
     def _flush(self) -> None:
@@ -170,7 +167,7 @@ class ResultPublisher:
 
     # --- the end
 
-    async def finish(self, item: dict[str, Any], then: FollowUpJob | None = None) -> FinishOutcome:
+    async def finish(self, item: ResultItem, then: FollowUpJob | None = None) -> FinishOutcome:
         """Append whatever is unsent and the final result in one step (never overwriting a
         final result another run already wrote), enqueuing `then` with it."""
         if self._timer is not None:
@@ -181,10 +178,10 @@ class ResultPublisher:
                 await self._drain_task
         self._seal()
         pending, self._outbox = self._outbox, []
-        final = {"t": "f", "i": self._index, "a": self._attempt, "r": item}
+        final = Final(self._index, self._attempt, item)
         try:
             outcome = await self._store.finish_result(
-                self._ref, self._index, item, final, pending, then, self._job_class
+                self._ref, final, pending, then, self._job_class
             )
         except BaseException:
             self._outbox[:0] = pending

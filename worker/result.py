@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from core.catalog import Price
+from core.contract import SuccessItem, ToolCall, Usage
 from core.protocol import TextInferenceTask
 from worker.providers.base import (
     Finished,
@@ -71,7 +71,7 @@ class ResultAssembler:
         elif isinstance(event, UsageReport):
             self.usage = event
 
-    def tool_calls(self) -> list[dict[str, Any]]:
+    def tool_calls(self) -> list[ToolCall]:
         calls = []
         for index in sorted(self.tools):
             call = self.tools[index]
@@ -81,11 +81,11 @@ class ResultAssembler:
             except ValueError:
                 parsed = None
             calls.append(
-                {
-                    "id": call.id or f"call_{index}",
-                    "name": call.name,
-                    "input": parsed if isinstance(parsed, dict) else {"arguments": raw},
-                }
+                ToolCall(
+                    call.id or f"call_{index}",
+                    call.name,
+                    parsed if isinstance(parsed, dict) else {"arguments": raw},
+                )
             )
         return calls
 
@@ -98,33 +98,30 @@ class ResultAssembler:
             prompt_tokens=max(1, prompt_chars // 4), completion_tokens=self.deltas
         ), True
 
-    def item(self, task: TextInferenceTask, index: int, seed: int, price: Price) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "taskType": "textInference",
-            "taskUUID": task.taskUUID,
-            "resultIndex": index,
-            "status": "success",
-            "text": "".join(self.text),
-            "finishReason": map_finish_reason(self.finish_reason),
-            "seed": seed,
-        }
-        if self.reasoning:
-            item["reasoningContent"] = "".join(self.reasoning)
-        if self.tools:
-            item["toolCalls"] = self.tool_calls()
-            if item["finishReason"] in ("stop", "unknown"):
-                item["finishReason"] = "tool_calls"
+    def item(self, task: TextInferenceTask, index: int, seed: int, price: Price) -> SuccessItem:
+        finish_reason = map_finish_reason(self.finish_reason)
+        tool_calls = tuple(self.tool_calls()) if self.tools else ()
+        if tool_calls and finish_reason in ("stop", "unknown"):
+            finish_reason = "tool_calls"
         usage, _estimated = self.final_usage(task)
-        if task.includeCost:
-            item["cost"] = price.cost(
-                usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+        return SuccessItem(
+            task.taskUUID,
+            index,
+            "".join(self.text),
+            finish_reason,
+            seed,
+            reasoning="".join(self.reasoning),
+            tool_calls=tool_calls,
+            cost=price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+            if task.includeCost
+            else None,
+            usage=Usage(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.prompt_tokens + usage.completion_tokens,
+                usage.reasoning_tokens,
+                usage.cached_tokens,
             )
-        if task.includeUsage:
-            item["usage"] = {
-                "promptTokens": usage.prompt_tokens,
-                "completionTokens": usage.completion_tokens,
-                "totalTokens": usage.prompt_tokens + usage.completion_tokens,
-                "thinkingTokens": usage.reasoning_tokens,
-                "cachedTokens": usage.cached_tokens,
-            }
-        return item
+            if task.includeUsage
+            else None,
+        )

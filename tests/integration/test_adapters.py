@@ -136,7 +136,7 @@ async def test_text_reasoning_and_usage(sim: str, client: httpx.AsyncClient, ada
     assert (
         assembler.item(
             call.task, 0, 5, __import__("core.catalog").catalog.Price(input=1, output=1)
-        )["text"]
+        ).text
         == text
     )
 
@@ -288,7 +288,7 @@ async def test_tool_calls_and_json(sim: str, client: httpx.AsyncClient, adapter:
         assembler.feed(event)
     assert any(isinstance(e, ToolCallDelta) for e in events)
     [call] = assembler.tool_calls()
-    assert call["name"] == "get_weather" and call["input"] == {"city": "Oslo"}
+    assert call.name == "get_weather" and call.input == {"city": "Oslo"}
     assert assembler.finish_reason == "tool_calls"
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
     events = await run(

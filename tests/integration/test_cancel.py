@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.cancel import Canceller, read_cancel_mark
+from core.contract import LUA_FINAL_EVENT, ErrorItem, Final, SuccessItem, decode_event
 from core.deliveries import DeliveryStore
 from core.errors import TASK_CANCELLED
 from core.keys import ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys, TaskRef
@@ -126,14 +127,12 @@ async def test_final_results_are_kept_and_cancelling_is_idempotent(
     sched = scheduler(redis_async)
     claimed, _ = await sched.claim(1)
     index = int(claimed[0].job_id.rsplit(":", 1)[1])
-    success = {"taskUUID": record.ref.uuid, "resultIndex": index, "status": "success"}
-    await store.finish_result(
-        record.ref, index, success, {"t": "f", "i": index, "a": 1, "r": success}, job_class="b"
-    )
+    success = SuccessItem(record.ref.uuid, index, "done", "stop", 1)
+    await store.finish_result(record.ref, Final(index, 1, success), job_class="b")
     assert await cancel(store, record) == {index: "final", 1 - index: "cancelled"}
     assert await cancel(store, record) == {0: "final", 1: "final"}
     after = await store.get(record.ref)
-    assert after is not None and after.results[index] == success
+    assert after is not None and after.results[index] == success.to_wire()
     assert await redis_async.hmget(KEYS.task(record.ref), ["done", "errors"]) == [b"2", b"1"]
     assert len(await finals(store, record.ref)) == 2
 
@@ -179,3 +178,12 @@ async def test_a_task_that_is_gone_has_nothing_to_cancel(
     await redis_async.delete(KEYS.task(record.ref))
     assert await cancel(store, record) == {}
     assert json.loads(await redis_async.get(KEYS.job(KEYS.job_id(record.ref, 0))) or "{}")
+
+
+async def test_the_lua_final_event_matches_the_python_one(redis_async: aioredis.Redis) -> None:
+    """The cancel script spells the final event in Lua; it must be the contract's bytes."""
+    item = ErrorItem(str(uuid.uuid4()), 3, TASK_CANCELLED, "gone")
+    script = LUA_FINAL_EVENT + "return final_event(ARGV[1], ARGV[2], ARGV[3])"
+    lua = await redis_async.eval(script, 0, 3, 2, item.encode())  # type: ignore[misc]
+    assert lua == Final(3, 2, item).encode()
+    assert decode_event(lua) == Final(3, 2, item)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from core.contract import Delta
 from core.events import RESYNC, Event, EventHub, follow
 from core.keys import Keys, TaskRef
 from core.store import TaskStore
@@ -35,6 +36,10 @@ def store(redis_async: aioredis.Redis) -> TaskStore:
     return TaskStore(redis_async, Keys("tw", "tw:queue"), retention_s=3600)
 
 
+def delta(seq: int) -> Delta:
+    return Delta(0, 1, seq, text=f"piece {seq}")
+
+
 def new_ref() -> TaskRef:
     return TaskRef("owner1", str(uuid.uuid4()))
 
@@ -48,10 +53,10 @@ async def test_live_events_arrive_in_order(hub: EventHub, store: TaskStore) -> N
     ref = new_ref()
     async with hub.subscribe(store.keys.events(ref)) as sub:
         await sub.ready()
-        ids = await store.append_events(ref, [{"n": i} for i in range(5)])
+        ids = await store.append_events(ref, [delta(i) for i in range(5)])
         got = [await asyncio.wait_for(sub.get(), 5) for _ in range(5)]
     assert [g.id for g in got] == ids  # type: ignore[union-attr]
-    assert [g.data["n"] for g in got] == list(range(5))  # type: ignore[union-attr]
+    assert [g.data["s"] for g in got] == list(range(5))  # type: ignore[union-attr]
 
 
 async def test_many_waiters_share_one_connection(
@@ -66,11 +71,11 @@ async def test_many_waiters_share_one_connection(
         await asyncio.gather(*(sub.ready() for sub in subs))
         assert await pubsub_clients(redis_async) == 1
         for ref in refs:
-            await store.append_events(ref, [{"for": ref.uuid}])
+            await store.append_events(ref, [Delta(0, 1, 1, text=ref.uuid)])
         for ref, sub in zip(refs, subs, strict=True):
             event = await sub.get()
             assert isinstance(event, Event)
-            assert event.data == {"for": ref.uuid}
+            assert event.data["text"] == ref.uuid
         for context in contexts:
             await context.__aexit__(None, None, None)
     assert hub.subscriber_count == 0
@@ -80,24 +85,24 @@ async def test_follow_replays_then_goes_live_without_gap_or_duplicate(
     hub: EventHub, store: TaskStore
 ) -> None:
     ref = new_ref()
-    first = await store.append_events(ref, [{"n": i} for i in range(3)])
+    first = await store.append_events(ref, [delta(i) for i in range(3)])
     seen: list[int] = []
 
     async def reader() -> None:
         async for event in follow(hub, store, ref):
-            seen.append(event.data["n"])
+            seen.append(event.data["s"])
             if len(seen) == 8:
                 return
 
     task = asyncio.create_task(reader())
     for i in range(3, 8):
-        await store.append_events(ref, [{"n": i}])
+        await store.append_events(ref, [delta(i)])
     await asyncio.wait_for(task, 10)
     assert seen == list(range(8))
     # resuming after an id gives exactly what came after it
     resumed: list[int] = []
     async for event in follow(hub, store, ref, after=first[1]):
-        resumed.append(event.data["n"])
+        resumed.append(event.data["s"])
         if len(resumed) == 6:
             break
     assert resumed == list(range(2, 8))
@@ -112,14 +117,14 @@ async def test_reconnect_resyncs_without_loss(
 
     async def reader() -> None:
         async for event in follow(hub, store, ref):
-            seen.append(event.data["n"])
+            seen.append(event.data["s"])
             if len(seen) == 40:
                 done.set()
                 return
 
     task = asyncio.create_task(reader())
     for i in range(40):
-        await store.append_events(ref, [{"n": i}])
+        await store.append_events(ref, [delta(i)])
         if i == 15:
             await redis_async.client_kill_filter(_type="pubsub")
     await asyncio.wait_for(done.wait(), 15)
@@ -131,7 +136,7 @@ async def test_a_reader_that_falls_behind_gets_resync(hub: EventHub, store: Task
     ref = new_ref()
     async with hub.subscribe(store.keys.events(ref)) as sub:
         await sub.ready()
-        await store.append_events(ref, [{"n": i} for i in range(1100)])  # queue holds 1024
+        await store.append_events(ref, [delta(i) for i in range(1100)])  # queue holds 1024
 
         async def overflowed() -> None:
             while not sub.lagged:  # noqa: ASYNC110 (waiting on the hub's own state)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from core.contract import SuccessItem
 from core.keys import Keys, TaskRef
 from core.store import NewTask, TaskStore
 from devenv.redis import RedisServer
@@ -28,6 +29,10 @@ async def new_task(store: TaskStore) -> TaskRef:
     return ref
 
 
+def success(ref: TaskRef, text: str = "") -> SuccessItem:
+    return SuccessItem(ref.uuid, 0, text, "stop", 1)
+
+
 async def deltas(store: TaskStore, ref: TaskRef) -> list[dict]:
     return [d for _, d in await store.read_events(ref) if d["t"] == "d"]
 
@@ -38,7 +43,7 @@ async def test_many_small_deltas_become_few_appends(store: TaskStore) -> None:
     words = [f" w{i:03d}" for i in range(200)]  # 1000 characters
     for word in words:
         publisher.add(text=word)
-    outcome = await publisher.finish({"status": "success", "text": "".join(words)})
+    outcome = await publisher.finish(success(ref, "".join(words)))
     assert outcome.written and outcome.done == 1
     stored = await deltas(store, ref)
     assert "".join(d["text"] for d in stored) == "".join(words)
@@ -55,7 +60,7 @@ async def test_text_and_reasoning_never_share_an_event(store: TaskStore) -> None
         publisher.add(reasoning=piece)
     for piece in ("Hello ", "world"):
         publisher.add(text=piece)
-    await publisher.finish({"status": "success"})
+    await publisher.finish(success(ref))
     stored = await deltas(store, ref)
     assert [set(d) - {"t", "i", "a", "s"} for d in stored] == [{"rc"}, {"text"}]
     assert stored[0]["rc"] == "think more " and stored[1]["text"] == "Hello world"
@@ -71,7 +76,7 @@ async def test_a_rerun_publishes_only_what_follows_the_published_prefix(store: T
     for piece in ("The quick ", "bro", "wn fox", " jumps"):
         second.add(text=piece)
     second.check_caught_up()
-    await second.finish({"status": "success"})
+    await second.finish(success(ref))
     text = "".join(d["text"] for d in await deltas(store, ref))
     assert text == "The quick brown fox jumps"
 
@@ -91,8 +96,8 @@ async def test_a_final_result_is_never_overwritten(store: TaskStore) -> None:
     ref = await new_task(store)
     one = ResultPublisher(store, ref, 0, 1)
     two = ResultPublisher(store, ref, 0, 2)
-    assert (await one.finish({"status": "success", "text": "first"})).written
-    assert not (await two.finish({"status": "success", "text": "second"})).written
+    assert (await one.finish(success(ref, "first"))).written
+    assert not (await two.finish(success(ref, "second"))).written
     record = await store.get(ref)
     assert record is not None and record.results[0]["text"] == "first"
     finals = [d for _, d in await store.read_events(ref) if d["t"] == "f"]
