@@ -1,0 +1,1 @@
+"""taskwire's command-line client (`taskwire run | get | ls | ask`)."""
