@@ -75,12 +75,12 @@ def create_app(settings: Settings) -> FastAPI:
         await apply_key_limits(redis, store.keys, settings)
         hub = EventHub(redis)
         await hub.start()
-        shedder = LoadShedder(
-            redis,
         # managed API keys (core/apikeys.py), kept current in memory (service/auth.py)
         app.state.apikeys = ApiKeyStore(redis, store.keys)
         key_sync = KeyRingSync(keyring, app.state.apikeys, hub, settings.key_ring_poll_s)
         await key_sync.start()
+        shedder = LoadShedder(
+            redis,
             store.keys,
             budget_s=settings.interactive_wait_budget_s,
             refresh_s=settings.shed_refresh_s,
@@ -132,11 +132,11 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await shedder.close()
+            await key_sync.close()
             await hub.close()
             await image_client.aclose()
             await redis.aclose()
 
-            await key_sync.close()
     app = FastAPI(
         title="taskwire",
         summary="Runware-compatible asynchronous inference task API",
@@ -159,13 +159,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(images_router)
     app.include_router(tasks_router)
     app.include_router(tasks_list_router)
+    app.include_router(admin_router)  # 404 unless TASKWIRE_ADMIN_TOKEN is set
 
     @app.get("/health")
     async def health(request: Request) -> Response:
         state: AppState = request.app.state.taskwire
         try:
             await state.redis.ping()
-    app.include_router(admin_router)  # 404 unless TASKWIRE_ADMIN_TOKEN is set
         except (RedisError, OSError):
             return error_response(ServiceUnavailable("Redis is unreachable.", retry_after=2))
         return json_response({"status": "ok"}, 200)
