@@ -17,6 +17,11 @@ Layout (names in core/keys.py):
   every API process re-reads the one record at once, and a process that missed the message
   sees the version move on its next poll and re-reads them all.
 
+Owners have a record of their own rather than fields in the tenant hash: the tenant hash is
+what the Lua scripts read, exists for every owner (settings' keys too) and has its limit
+fields rewritten by startup overrides and `set-limits --reset`; names, creation times and
+key sets are read only by the CLI and the admin API, and kept apart nothing can clear them.
+
 A new owner's id is the first 8 bytes of its first key's digest (as for keys from settings),
 so a key and its owner read alike in logs; it stays the owner's id through rotations.
 """
