@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     # CIDRs of reverse proxies whose X-Forwarded-Proto / -Host / -For are believed.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # On SIGTERM the API answers /readyz with 503 at once and keeps serving for the delay
+    # (so a load balancer takes it out of rotation), then stops accepting connections and
+    # lets requests in flight finish within the grace period (`python -m service`).
+    api_shutdown_delay_s: float = Field(default=0.0, ge=0)
+    api_shutdown_grace_s: int = Field(default=10, ge=0)
 
     # --- event streams and server-sent events
     # Deltas are appended when this much text has gathered or when the oldest unsent one has
@@ -170,6 +175,13 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(default=10.0, ge=1)
     worker_poll_fallback_s: float = Field(default=2.0, gt=0)
     worker_shutdown_grace_s: int = Field(default=25, ge=0)
+    # Each worker serves GET /livez and /readyz on this port (0: off; the deploy files set
+    # 9200, one worker per container). Liveness fails once the worker's event loop has not
+    # ticked for worker_liveness_timeout_s; readiness while Redis is unreachable or the
+    # worker drains after SIGTERM (worker/probes.py).
+    worker_http_port: int = Field(default=0, ge=0, le=65535)
+    worker_http_host: str = "127.0.0.1"
+    worker_liveness_timeout_s: float = Field(default=30.0, gt=0)
     job_max_tries: int = Field(default=5, ge=1)
 
     # --- upstream calls

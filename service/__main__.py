@@ -1,28 +1,67 @@
 """`python -m service`: run the API with uvicorn on $HOST:$PORT (default 127.0.0.1:8000).
 
 uvicorn's own proxy-header handling is off (it would believe X-Forwarded-* from 127.0.0.1):
-the app decides whom to believe, from TASKWIRE_TRUSTED_PROXIES (service/origin.py)."""
+the app decides whom to believe, from TASKWIRE_TRUSTED_PROXIES (service/origin.py).
+
+Stopping: the first SIGTERM (or Ctrl-C) makes /readyz answer 503 at once; the API keeps
+serving for TASKWIRE_API_SHUTDOWN_DELAY_S so load balancers take it out of rotation, then
+uvicorn stops accepting connections and gives requests in flight
+TASKWIRE_API_SHUTDOWN_GRACE_S to finish. A second signal skips the delay.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from types import FrameType
 
 import uvicorn
 
+from core.logging import configure_logging
+from core.settings import Settings
+from service.app import create_app
+from service.health import Lifecycle, lifecycle
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's Server, which on the first stop signal marks the app draining and waits
+    `delay_s` (still serving) before its own graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, life: Lifecycle, delay_s: float):
+        super().__init__(config)
+        self.life = life
+        self.delay_s = delay_s
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.life.begin_drain(f"signal {sig}")
+        if self.delay_s > 0 and self._exit_at is None and not self.should_exit:
+            self._exit_at = time.monotonic() + self.delay_s  # on_tick ends the delay
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
 
 def main() -> None:
-    uvicorn.run(
-        "service.app:create_app_from_env",
-        factory=True,
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, process="api")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=os.environ.get("HOST", "127.0.0.1"),
         port=int(os.environ.get("PORT", "8000")),
         loop="uvloop",
         http="httptools",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.api_shutdown_grace_s,
         proxy_headers=False,
     )
+    DrainingServer(config, lifecycle(app), settings.api_shutdown_delay_s).run()
 
 
 if __name__ == "__main__":

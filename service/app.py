@@ -33,6 +33,8 @@ from service.admin_api import router as admin_router
 from service.api import error_response, json_response, router
 from service.auth import KeyRing, KeyRingSync
 from service.events_api import router as events_router
+from service.health import Lifecycle, lifecycle
+from service.health import router as health_router
 from service.images import Images
 from service.images_api import router as images_router
 from service.limits import apply_key_limits, override_owners
@@ -128,9 +130,11 @@ def create_app(settings: Settings) -> FastAPI:
             shedder=shedder,
         )
         log.info("service.started", models=catalog.ids(), api_keys=len(keyring))
+        lifecycle(app).started = True
         try:
             yield
         finally:
+            lifecycle(app).begin_drain("lifespan shutdown")
             await shedder.close()
             await key_sync.close()
             await hub.close()
@@ -147,6 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
         # a given): `POST /v1/` is served as `/v1`, any other trailing slash is a JSON 404.
         redirect_slashes=False,
     )
+    app.state.lifecycle = Lifecycle()  # /readyz; draining from SIGTERM on (service/health.py)
     app.add_middleware(
         PublicOrigin,
         public_base_url=settings.public_base_url,
@@ -158,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(images_router)
     app.include_router(tasks_router)
+    app.include_router(health_router)
     app.include_router(tasks_list_router)
     app.include_router(admin_router)  # 404 unless TASKWIRE_ADMIN_TOKEN is set
 

@@ -30,6 +30,7 @@ from worker.admission import LagMonitor
 from worker.images import ImageResolver
 from worker.inference import Inference
 from worker.jobs import WorkerDeps, run_result
+from worker.probes import ProbeServer, WorkerHealth
 from worker.providers.base import Adapter
 from worker.providers.openai_chat import chat_adapter
 from worker.providers.openai_responses import responses_adapter
@@ -212,6 +213,10 @@ def build_worker(settings: Settings) -> QueueWorker:
             interactive_lag_s=settings.worker_interactive_lag_s,
         ),
         classes=settings.worker_classes,
+        health=WorkerHealth(
+            liveness_timeout_s=settings.worker_liveness_timeout_s,
+            redis_stale_s=max(10.0, 3 * settings.worker_poll_fallback_s),
+        ),
         worker_key=f"{keys.workers}:{socket.gethostname()}:{os.getpid()}",
     )
 
@@ -223,4 +228,15 @@ def main() -> None:
         os.nice(settings.worker_nice)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
-    build_worker(settings).run()
+    worker = build_worker(settings)
+    probes = None
+    if settings.worker_http_port:
+        # bound before the worker starts, so a port in use fails the process at once
+        probes = ProbeServer(
+            settings.worker_http_host, settings.worker_http_port, worker.health
+        ).start()
+    try:
+        worker.run()
+    finally:
+        if probes is not None:
+            probes.stop()

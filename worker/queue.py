@@ -43,6 +43,7 @@ from core.errors import TASK_CANCELLED
 from core.scheduler import HOOK, ClaimedJob, Scheduler, member, now_ms
 from worker.admission import ALL_CLASSES, INTERACTIVE_ONLY, LagMonitor
 from worker.context import Claim, JobContext
+from worker.probes import WorkerHealth
 
 log = structlog.get_logger("taskwire.worker")
 
@@ -57,10 +58,14 @@ class QueueWorker(Worker):
         worker_key: str,
         admission: LagMonitor | None = None,
         classes: str = ALL_CLASSES,
+        health: WorkerHealth | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.scheduler = scheduler
+        # This worker's own liveness and readiness (worker/probes.py), never a shared key.
+        self.health = health or WorkerHealth()
+        self.health.draining = lambda: not self.allow_pick_jobs  # arq clears it on SIGTERM
         # Takes new work only while the loop keeps up (worker/admission.py).
         self.admission = admission or LagMonitor()
         self.classes = classes  # the job classes this worker takes
@@ -85,12 +90,16 @@ class QueueWorker(Worker):
 
     async def main(self) -> None:
         self._wake = asyncio.Event()
+        # the heartbeat ticks from the start: waiting for Redis is not being stuck
+        heartbeat = asyncio.create_task(self.health.run(), name="worker-heartbeat")
         await self._wait_for_redis()
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
         await self._register()
+        self.health.started = True
         self._background = [
+            heartbeat,
             asyncio.create_task(self._listen_for_wakeups(), name="worker-wakeups"),
             asyncio.create_task(self._renew_leases(), name="worker-leases"),
             asyncio.create_task(self.admission.run(), name="worker-lag-monitor"),
@@ -109,6 +118,7 @@ class QueueWorker(Worker):
                 try:
                     await self._poll_iteration()
                 except (RedisError, OSError) as exc:
+                    self.health.redis_failed()
                     log.warning(
                         "worker.redis_unavailable",
                         error=type(exc).__name__,
@@ -117,6 +127,7 @@ class QueueWorker(Worker):
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
+                self.health.redis_ok()
                 backoff = 0.05
                 wait = self.poll_delay_s
                 if self._held_back:
@@ -138,6 +149,7 @@ class QueueWorker(Worker):
         while True:
             try:
                 await self.pool.ping()
+                self.health.redis_ok()
                 return
             except (RedisError, OSError) as exc:
                 log.warning("worker.waiting_for_redis", error=type(exc).__name__)
