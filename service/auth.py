@@ -15,16 +15,17 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from core.apikeys import ApiKeyStore, KeyRecord, iso
 from core.errors import AuthenticationFailed
-from core.events import EventHub
 
 log = structlog.get_logger("taskwire.auth")
 
@@ -120,29 +121,34 @@ def _managed_entry(record: KeyRecord) -> _Entry:
 
 class KeyRingSync:
     """Keeps a KeyRing's managed keys as Redis holds them: a change notice re-reads the keys
-    it names, a version poll (and a re-subscription after a lost connection) re-reads all."""
+    it names, a version poll (and a re-subscription after a lost connection) re-reads all.
 
-    def __init__(self, ring: KeyRing, store: ApiKeyStore, hub: EventHub, poll_s: float = 1.0):
+    Notices come on a pub/sub connection of its own ("<version> {"digests": [...]}"), not
+    through the EventHub, whose messages are task events."""
+
+    def __init__(self, ring: KeyRing, store: ApiKeyStore, poll_s: float = 1.0):
         self.ring = ring
         self.store = store
-        self.hub = hub
         self.poll_s = poll_s
         self.version = -1
         self.reloads = 0  # full re-reads (tests and logs)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Subscribe, then read every key (so no change falls between the two)."""
-        ready = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(ready), name="key-ring-sync")
-        await ready
+        pubsub = await self._subscribe()
         await self.reload()
+        self._tasks = [
+            asyncio.create_task(self._listen(pubsub), name="key-ring-notices"),
+            asyncio.create_task(self._poll(), name="key-ring-poll"),
+        ]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     async def reload(self) -> None:
         version, records = await self.store.load_all()
@@ -151,40 +157,56 @@ class KeyRingSync:
         self.reloads += 1
         log.info("auth.keys_loaded", managed=len(records), version=version)
 
-    async def _run(self, ready: asyncio.Future[None]) -> None:
-        from core.events import RESYNC
+    async def _subscribe(self) -> PubSub:
+        pubsub = self.store.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.store.keys.apikey_changes)
+            while True:  # the confirmation: from here on, no notice is missed
+                message = await pubsub.get_message(timeout=5.0)
+                if message is None:
+                    raise TimeoutError("no confirmation of the key notices' subscription")
+                if message["type"] == "subscribe":
+                    return pubsub
+        except BaseException:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
 
-        async with self.hub.subscribe(self.store.keys.apikey_changes) as sub:
-            await sub.ready()
-            ready.set_result(None)
-            poll = asyncio.create_task(self._poll(), name="key-ring-poll")
+    async def _listen(self, pubsub: PubSub) -> None:
+        backoff = 0.05
+        while True:
             try:
                 while True:
-                    item = await sub.get()
-                    try:
-                        if item is RESYNC:
-                            await self.reload()
-                        else:
-                            await self._apply(item.data, int(item.id))  # type: ignore[union-attr]
-                    except (RedisError, OSError) as exc:
-                        # the poll re-reads everything once Redis answers again
-                        log.warning("auth.keys_refresh_failed", error=type(exc).__name__)
-                        self.version = -1
-            finally:
-                poll.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poll
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if message is not None and message["type"] == "message":
+                        await self._apply(message["data"])
+                        backoff = 0.05
+            except asyncio.CancelledError:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                raise
+            except Exception as exc:
+                log.warning("auth.keys_notices_lost", error=type(exc).__name__)
+                self.version = -1  # the poll re-reads everything once Redis answers
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                with contextlib.suppress(Exception):
+                    pubsub = await self._subscribe()
+                    await self.reload()  # what was announced while away
 
-    async def _apply(self, data: dict[str, object], version: int) -> None:
-        digests = data.get("digests")
+    async def _apply(self, data: bytes) -> None:
+        version_text, _, payload = data.partition(b" ")
+        digests = json.loads(payload).get("digests") if payload else None
         if not isinstance(digests, list):
             await self.reload()
             return
         for digest in digests:
             record = await self.store.get(str(digest))
             self.ring.update_managed(bytes.fromhex(str(digest)), record)
-        if version == self.version + 1:
-            self.version = version  # caught up: the poll has nothing to re-read
+        if int(version_text) == self.version + 1:
+            self.version = int(version_text)  # caught up: the poll has nothing to re-read
 
     async def _poll(self) -> None:
         while True:
@@ -192,5 +214,5 @@ class KeyRingSync:
             try:
                 if await self.store.version() != self.version:
                     await self.reload()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 log.warning("auth.keys_poll_failed", error=type(exc).__name__)

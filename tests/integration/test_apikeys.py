@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 
 from core.apikeys import ApiKeyStore, KeyConflict, KeyNotFound, digest_hex
 from core.errors import AuthenticationFailed
-from core.events import EventHub
 from core.keys import Keys
 from core.settings import Settings
 from devenv.redis import RedisServer
@@ -167,10 +166,8 @@ def accepts(ring: KeyRing, key: str) -> bool:
 
 async def test_ring_follows_notices(store: ApiKeyStore, redis_async) -> None:
     before = await store.create("before start")
-    hub = EventHub(redis_async)
-    await hub.start()
     ring = KeyRing([ENV_KEY])
-    sync = KeyRingSync(ring, store, hub, poll_s=30)  # notices alone
+    sync = KeyRingSync(ring, store, poll_s=30)  # notices alone
     await sync.start()
     try:
         assert accepts(ring, before.api_key) and accepts(ring, ENV_KEY)
@@ -186,14 +183,11 @@ async def test_ring_follows_notices(store: ApiKeyStore, redis_async) -> None:
         assert sync.version == await store.version()
     finally:
         await sync.close()
-        await hub.close()
 
 
 async def test_ring_catches_a_missed_notice_by_polling(store: ApiKeyStore, redis_async) -> None:
-    hub = EventHub(redis_async)
-    await hub.start()
     ring = KeyRing([])
-    sync = KeyRingSync(ring, store, hub, poll_s=0.1)
+    sync = KeyRingSync(ring, store, poll_s=0.1)
     await sync.start()
     try:
         # a change whose notice never came (a CLI killed between EXEC and PUBLISH)
@@ -207,7 +201,6 @@ async def test_ring_catches_a_missed_notice_by_polling(store: ApiKeyStore, redis
         assert sync.reloads >= 2
     finally:
         await sync.close()
-        await hub.close()
 
 
 async def test_limits_live_in_the_tenant_hash(store: ApiKeyStore, redis_async) -> None:
@@ -243,3 +236,16 @@ async def test_startup_overrides_and_runtime_limits(store: ApiKeyStore, redis_as
     assert await store.limits_source(b) is None
     assert await store.limits(managed) == {"max_queued": 9}
     assert await store.limits("f" * 16) == {"max_running": 2}
+
+
+async def test_ring_resubscribes_after_a_lost_connection(store: ApiKeyStore, redis_async) -> None:
+    ring = KeyRing([])
+    sync = KeyRingSync(ring, store, poll_s=30)  # no poll to fall back on
+    await sync.start()
+    try:
+        await redis_async.client_kill_filter(_type="pubsub")
+        await wait_for(lambda: sync.reloads >= 2)  # subscribed again, and re-read all
+        new = await store.create("after the drop")
+        await wait_for(lambda: accepts(ring, new.api_key))
+    finally:
+        await sync.close()
