@@ -13,8 +13,8 @@ Layout (names in core/keys.py):
   `tw:tenant:<owner>` (one source of truth): set-limits writes its fields and marks it
   `limits_src=runtime`, which startup overrides leave alone unless they name the owner.
 * `tw:apikeys:version` — bumped by every change, and the change announced on
-  `tw:apikeys:changed` as "<version> {"digest": ...}" (the event format of core/events.py), so
-  every API process re-reads the one record at once, and a process that missed the message
+  `tw:apikeys:changed` as "<version> {"digests": [...]}", so every API process re-reads
+  the records named at once, and a process that missed the message
   sees the version move on its next poll and re-reads them all.
 
 Owners have a record of their own rather than fields in the tenant hash: the tenant hash is
