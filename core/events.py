@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from core.contract import TaskEvent, decode_event
 from core.keys import TaskRef
 from core.store import TaskStore
 
@@ -31,8 +31,11 @@ log = structlog.get_logger("taskwire.events")
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """A task event and its stream id; `body` is None for a kind this version does not
+    know (readers skip it, keeping its id)."""
+
     id: str
-    data: dict[str, Any]
+    body: TaskEvent | None
 
     @property
     def order(self) -> tuple[int, int]:
@@ -231,7 +234,7 @@ class EventHub:
         if state is None or not state.subscribers:
             return
         event_id, _, payload = data.partition(b" ")
-        event = Event(event_id.decode(), json.loads(payload))
+        event = Event(event_id.decode(), decode_event(payload))  # once for all readers
         for sub in state.subscribers:
             sub._deliver(event)
 
@@ -290,7 +293,7 @@ class TaskEvents:
                 except BaseException:
                     self._sub.request_resync()  # not read: read again next time
                     raise
-                self._buffer.extend(Event(event_id, data) for event_id, data in stored)
+                self._buffer.extend(Event(event_id, body) for event_id, body in stored)
             elif item.order > self._last and (
                 not self._buffer or item.order > self._buffer[-1].order
             ):

@@ -485,14 +485,3 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
-
-
-# --- result items
-
-
-def processing_item(task_uuid: str, result_index: int | None = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"taskType": "textInference", "taskUUID": task_uuid}
-    if result_index is not None:
-        item["resultIndex"] = result_index
-    item["status"] = "processing"
-    return item

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from core.contract import Delta, ErrorItem, Final, TaskEvent
+from core.contract import Delta, ErrorItem, Final, ResultItem, TaskEvent, decode_event, decode_item
 from core.jobs import JOB_INPUT_FIELDS, JobInput, job_input_from
 from core.keys import ARQ_IN_PROGRESS_PREFIX, RUN_RESULT_JOB, Keys, TaskRef
 from core.limits import LIMITS_LIB, UNLIMITED, BucketDefaults, LimitHit, LimitKind
@@ -51,7 +51,7 @@ class TaskRecord:
     seeds: list[int]
     number_results: int
     created_ms: float
-    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    results: dict[int, ResultItem] = field(default_factory=dict)
     deliveries: dict[int, dict[str, Any]] = field(default_factory=dict)  # webhook state
 
 
@@ -420,15 +420,16 @@ class TaskStore:
 
     async def read_events(
         self, ref: TaskRef, after: str = "0-0", page: int = 1000
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """The stored events of a task after the event id `after`, in order."""
+    ) -> list[tuple[str, TaskEvent | None]]:
+        """The stored events of a task after the event id `after`, in order (None for an
+        event this version does not know)."""
         key = self.keys.events(ref)
-        found: list[tuple[str, dict[str, Any]]] = []
+        found: list[tuple[str, TaskEvent | None]] = []
         start = f"({after}" if after != "0-0" else "-"
         while True:
             entries = await self.redis.xrange(key, min=start, max="+", count=page)
             for event_id, fields in entries:
-                found.append((_text(event_id), json.loads(fields[b"d"])))
+                found.append((_text(event_id), decode_event(fields[b"d"])))
             if len(entries) < page:
                 return found
             start = f"({found[-1][0]}"
@@ -536,7 +537,7 @@ def _text(value: bytes | str) -> str:
 
 def _record_from_hash(ref: TaskRef, raw: dict[bytes, bytes]) -> TaskRecord:
     results = {
-        int(key[2:]): json.loads(value) for key, value in raw.items() if key.startswith(b"r:")
+        int(key[2:]): decode_item(value) for key, value in raw.items() if key.startswith(b"r:")
     }
     deliveries = {
         int(key[2:]): json.loads(value) for key, value in raw.items() if key.startswith(b"w:")

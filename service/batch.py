@@ -14,6 +14,7 @@ from typing import Any
 from starlette.types import Receive
 
 from core.catalog import Catalog, ModelSpec
+from core.contract import ProcessingItem, ResultItem
 from core.deliveries import DeliveryState, DeliveryStore
 from core.errors import (
     InvalidRequest,
@@ -36,7 +37,6 @@ from core.protocol import (
     WireModel,
     canonical_uuid,
     parse_task,
-    processing_item,
 )
 from core.settings import Settings
 from core.store import NewTask, TaskRecord, TaskStore
@@ -387,7 +387,7 @@ class Batch:
             else:
                 w.slot.items.extend(result_items(uuid, n, results))
         elif created:
-            w.slot.items.append({**processing_item(uuid), **self._links(uuid)})
+            w.slot.items.append({**ProcessingItem(uuid).to_wire(), **self._links(uuid)})
         else:
             record = await self.store.get(w.ref)
             if record is not None:
@@ -445,8 +445,8 @@ class Batch:
         await asyncio.gather(*(one(slot) for slot in slots))
 
     async def _unless_disconnected(
-        self, w: _Inference, waiting: Coroutine[Any, Any, dict[int, dict[str, Any]]]
-    ) -> dict[int, dict[str, Any]]:
+        self, w: _Inference, waiting: Coroutine[Any, Any, dict[int, ResultItem]]
+    ) -> dict[int, ResultItem]:
         """The sync wait of a task that opted in to cancelOnDisconnect, cut short (and the
         task cancelled) if the client's connection closes first."""
         if self._disconnects is None:

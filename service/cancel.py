@@ -18,9 +18,10 @@ import structlog
 from starlette.types import Receive
 
 from core.cancel import Canceller, Fate
+from core.contract import ErrorItem, Final, ResultItem
 from core.deliveries import DeliveryStore
 from core.errors import TASK_CANCELLED, TaskNotFound
-from core.events import RESYNC, EventHub, Subscription
+from core.events import RESYNC, Event, EventHub, Subscription
 from core.keys import TaskRef
 from core.store import FollowUpJob, TaskRecord, TaskStore
 from service.delivery import confirmed, watching
@@ -90,10 +91,10 @@ class TaskCancels:
         log.info("task.cancelled_on_disconnect", task_uuid=ref.uuid, fates=list(fates.values()))
 
 
-def _status(result: dict[str, Any] | None, fate: Fate) -> str:
+def _status(result: ResultItem | None, fate: Fate) -> str:
     if result is None:
         return "cancelling" if fate == "running" else "cancelled"
-    if result.get("status") == "error" and result.get("error", {}).get("code") == TASK_CANCELLED:
+    if isinstance(result, ErrorItem) and result.code == TASK_CANCELLED:
         return "cancelled"
     return "alreadyFinal"
 
@@ -112,9 +113,9 @@ async def _until_final(
                     if record is not None:
                         left -= set(record.results)
                     continue
-                data = event.data  # type: ignore[union-attr]
-                if data.get("t") == "f":
-                    left.discard(int(data["i"]))
+                body = event.body if isinstance(event, Event) else None
+                if isinstance(body, Final):
+                    left.discard(body.index)
 
 
 T = TypeVar("T")

@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core.contract import Final, ProcessingItem, ResultItem
 from core.errors import ServiceUnavailable
-from core.events import RESYNC, EventHub, Subscription
+from core.events import RESYNC, Event, EventHub, Subscription
 from core.keys import TaskRef
-from core.protocol import processing_item
 from core.store import TaskStore
 
 SUBSCRIBE_TIMEOUT_S = 5.0
@@ -40,7 +40,7 @@ async def collect_results(
     deadline: float,
     *,
     read_first: bool,
-) -> dict[int, dict[str, Any]]:
+) -> dict[int, ResultItem]:
     """Final results of a task as they land, until all are in or the loop time `deadline`.
 
     `sub` must be confirmed. With `read_first`, results stored before the subscription was
@@ -51,7 +51,7 @@ async def collect_results(
     await confirmed(sub)
     if read_first:
         sub.request_resync()
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, ResultItem] = {}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout_at(deadline):
             while len(results) < number_results:
@@ -61,16 +61,18 @@ async def collect_results(
                     if record is not None:
                         results.update(record.results)
                     continue
-                data = event.data  # type: ignore[union-attr]
-                if data.get("t") == "f":
-                    results[int(data["i"])] = data["r"]
+                final = event.body if isinstance(event, Event) else None
+                if isinstance(final, Final):
+                    results[final.index] = final.item
     return results
 
 
 def result_items(
-    task_uuid: str, number_results: int, results: dict[int, dict[str, Any]]
+    task_uuid: str, number_results: int, results: dict[int, ResultItem]
 ) -> list[dict[str, Any]]:
-    """One item per result in index order: the final item, or `processing`."""
+    """One item per result in index order, as answers show it: the final item, or
+    `processing`."""
     return [
-        results[i] if i in results else processing_item(task_uuid, i) for i in range(number_results)
+        (results[i] if i in results else ProcessingItem(task_uuid, i)).to_wire()
+        for i in range(number_results)
     ]

@@ -8,13 +8,13 @@ close and be sent `[DONE]` again, forever).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from core.contract import Final, decode_event
 from core.errors import InvalidRequest, TaskNotFound, TaskwireError
 from core.events import TaskEvents, stream_id_order
 from core.keys import TaskRef
@@ -38,7 +38,7 @@ async def _nothing_left(state: AppState, record: TaskRecord, resume: str | None)
     while True:
         entries = await state.store.redis.xrange(key, min=start, max="+", count=64)
         for _event_id, fields in entries:
-            if json.loads(fields[b"d"]).get("t") == "f":
+            if isinstance(decode_event(fields[b"d"]), Final):
                 return False
         if len(entries) < 64:
             return True

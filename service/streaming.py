@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
+from core.contract import Delta, ErrorItem, ResultItem
 from core.events import Event, TaskEvents
 
 SSE_HEADERS = {
@@ -41,28 +42,26 @@ class ChunkRenderer:
 
     def render(self, event: Event) -> bytes | None:
         self.last_id = event.id
-        data = event.data
-        index = int(data.get("i", -1))
+        body = event.body
+        if body is None:
+            return None
+        index = body.index
         if not 0 <= index < self.number_results or index in self.finished:
             return None
-        attempt = int(data.get("a", 1))
-        if attempt < self._attempt.get(index, 0):
+        if body.attempt < self._attempt.get(index, 0):
             return None
-        self._attempt[index] = attempt
-        kind = data.get("t")
-        if kind == "d":
+        self._attempt[index] = body.attempt
+        if isinstance(body, Delta):
             delta: dict[str, str] = {}
-            if data.get("rc"):
-                delta["reasoningContent"] = data["rc"]
-            if data.get("text"):
-                delta["text"] = data["text"]
+            if body.reasoning:
+                delta["reasoningContent"] = body.reasoning
+            if body.text:
+                delta["text"] = body.text
             if not delta:
                 return None
             return self._event(event.id, self._chunk(index, delta=delta))
-        if kind == "f":
-            self.finished.add(index)
-            return self._event(event.id, self._final(index, data["r"]))
-        return None
+        self.finished.add(index)
+        return self._event(event.id, self._final(index, body.item))
 
     def _chunk(self, index: int, **fields: Any) -> dict[str, Any]:
         return {
@@ -72,24 +71,28 @@ class ChunkRenderer:
             **fields,
         }
 
-    def _final(self, index: int, item: dict[str, Any]) -> dict[str, Any]:
-        if item.get("status") == "error":
-            error = item.get("error", {})
+    def _final(self, index: int, item: ResultItem) -> dict[str, Any]:
+        if isinstance(item, ErrorItem):
             return {
                 "errors": [
                     {
-                        "code": error.get("code", "inferenceError"),
-                        "message": error.get("message", ""),
+                        "code": item.code,
+                        "message": item.message,
                         "taskUUID": self.task_uuid,
                         "taskType": "textInference",
                         "resultIndex": index,
                     }
                 ]
             }
-        chunk = self._chunk(index, delta={}, finishReason=item.get("finishReason", "unknown"))
-        for field in ("seed", "toolCalls", "usage", "cost"):
-            if field in item:
-                chunk[field] = item[field]
+        chunk = self._chunk(index, delta={}, finishReason=item.finish_reason)
+        if item.seed is not None:
+            chunk["seed"] = item.seed
+        if item.tool_calls:
+            chunk["toolCalls"] = [call.to_wire() for call in item.tool_calls]
+        if item.usage is not None:
+            chunk["usage"] = item.usage.to_wire()
+        if item.cost is not None:
+            chunk["cost"] = item.cost
         return chunk
 
     @staticmethod

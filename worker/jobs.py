@@ -12,7 +12,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from core.cancel import read_cancel_mark, stop_message
-from core.contract import ErrorItem, ResultItem
+from core.contract import Delta, ErrorItem, ResultItem
 from core.errors import TASK_EXPIRED
 from core.keys import TaskRef
 from core.limits import UsageMeter
@@ -124,10 +124,10 @@ async def _published_so_far(store: TaskStore, ref: TaskRef, index: int) -> tuple
     """The text and reasoning an earlier run of this result already published."""
     text: list[str] = []
     reasoning: list[str] = []
-    for _event_id, data in await store.read_events(ref):
-        if data.get("t") == "d" and data.get("i") == index:
-            text.append(data.get("text", ""))
-            reasoning.append(data.get("rc", ""))
+    for _event_id, event in await store.read_events(ref):
+        if isinstance(event, Delta) and event.index == index:
+            text.append(event.text)
+            reasoning.append(event.reasoning)
     return "".join(text), "".join(reasoning)
 
 

@@ -40,6 +40,11 @@ def delta(seq: int) -> Delta:
     return Delta(0, 1, seq, text=f"piece {seq}")
 
 
+def seq(event: Event) -> int:
+    assert isinstance(event.body, Delta)
+    return event.body.seq
+
+
 def new_ref() -> TaskRef:
     return TaskRef("owner1", str(uuid.uuid4()))
 
@@ -56,7 +61,7 @@ async def test_live_events_arrive_in_order(hub: EventHub, store: TaskStore) -> N
         ids = await store.append_events(ref, [delta(i) for i in range(5)])
         got = [await asyncio.wait_for(sub.get(), 5) for _ in range(5)]
     assert [g.id for g in got] == ids  # type: ignore[union-attr]
-    assert [g.data["s"] for g in got] == list(range(5))  # type: ignore[union-attr]
+    assert [g.body for g in got] == [delta(i) for i in range(5)]  # type: ignore[union-attr]
 
 
 async def test_many_waiters_share_one_connection(
@@ -75,7 +80,7 @@ async def test_many_waiters_share_one_connection(
         for ref, sub in zip(refs, subs, strict=True):
             event = await sub.get()
             assert isinstance(event, Event)
-            assert event.data["text"] == ref.uuid
+            assert event.body == Delta(0, 1, 1, text=ref.uuid)
         for context in contexts:
             await context.__aexit__(None, None, None)
     assert hub.subscriber_count == 0
@@ -90,7 +95,7 @@ async def test_follow_replays_then_goes_live_without_gap_or_duplicate(
 
     async def reader() -> None:
         async for event in follow(hub, store, ref):
-            seen.append(event.data["s"])
+            seen.append(seq(event))
             if len(seen) == 8:
                 return
 
@@ -102,7 +107,7 @@ async def test_follow_replays_then_goes_live_without_gap_or_duplicate(
     # resuming after an id gives exactly what came after it
     resumed: list[int] = []
     async for event in follow(hub, store, ref, after=first[1]):
-        resumed.append(event.data["s"])
+        resumed.append(seq(event))
         if len(resumed) == 6:
             break
     assert resumed == list(range(2, 8))
@@ -117,7 +122,7 @@ async def test_reconnect_resyncs_without_loss(
 
     async def reader() -> None:
         async for event in follow(hub, store, ref):
-            seen.append(event.data["s"])
+            seen.append(seq(event))
             if len(seen) == 40:
                 done.set()
                 return

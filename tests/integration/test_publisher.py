@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from core.contract import SuccessItem
+from core.contract import Delta, Final, SuccessItem
 from core.keys import Keys, TaskRef
 from core.store import NewTask, TaskStore
 from devenv.redis import RedisServer
@@ -33,8 +34,8 @@ def success(ref: TaskRef, text: str = "") -> SuccessItem:
     return SuccessItem(ref.uuid, 0, text, "stop", 1)
 
 
-async def deltas(store: TaskStore, ref: TaskRef) -> list[dict]:
-    return [d for _, d in await store.read_events(ref) if d["t"] == "d"]
+async def deltas(store: TaskStore, ref: TaskRef) -> list[Delta]:
+    return [d for _, d in await store.read_events(ref) if isinstance(d, Delta)]
 
 
 async def test_many_small_deltas_become_few_appends(store: TaskStore) -> None:
@@ -46,11 +47,11 @@ async def test_many_small_deltas_become_few_appends(store: TaskStore) -> None:
     outcome = await publisher.finish(success(ref, "".join(words)))
     assert outcome.written and outcome.done == 1
     stored = await deltas(store, ref)
-    assert "".join(d["text"] for d in stored) == "".join(words)
-    assert stored[0]["text"] == words[0]  # the first delta went out alone, at once
+    assert "".join(d.text for d in stored) == "".join(words)
+    assert stored[0].text == words[0]  # the first delta went out alone, at once
     assert len(stored) <= 12  # 1 + 1000 / 100 (+ the tail with the final)
     assert publisher.appends <= 12
-    assert [d["s"] for d in stored] == list(range(1, len(stored) + 1))
+    assert [d.seq for d in stored] == list(range(1, len(stored) + 1))
 
 
 async def test_text_and_reasoning_never_share_an_event(store: TaskStore) -> None:
@@ -61,9 +62,11 @@ async def test_text_and_reasoning_never_share_an_event(store: TaskStore) -> None
     for piece in ("Hello ", "world"):
         publisher.add(text=piece)
     await publisher.finish(success(ref))
-    stored = await deltas(store, ref)
-    assert [set(d) - {"t", "i", "a", "s"} for d in stored] == [{"rc"}, {"text"}]
-    assert stored[0]["rc"] == "think more " and stored[1]["text"] == "Hello world"
+    stored = await store.redis.xrange(store.keys.events(ref))
+    fields = [set(json.loads(raw[b"d"])) - {"t", "i", "a", "s"} for _id, raw in stored]
+    assert fields == [{"rc"}, {"text"}, {"r"}]
+    reasoning, text = await deltas(store, ref)
+    assert reasoning.reasoning == "think more " and text.text == "Hello world"
 
 
 async def test_a_rerun_publishes_only_what_follows_the_published_prefix(store: TaskStore) -> None:
@@ -77,7 +80,7 @@ async def test_a_rerun_publishes_only_what_follows_the_published_prefix(store: T
         second.add(text=piece)
     second.check_caught_up()
     await second.finish(success(ref))
-    text = "".join(d["text"] for d in await deltas(store, ref))
+    text = "".join(d.text for d in await deltas(store, ref))
     assert text == "The quick brown fox jumps"
 
 
@@ -99,6 +102,6 @@ async def test_a_final_result_is_never_overwritten(store: TaskStore) -> None:
     assert (await one.finish(success(ref, "first"))).written
     assert not (await two.finish(success(ref, "second"))).written
     record = await store.get(ref)
-    assert record is not None and record.results[0]["text"] == "first"
-    finals = [d for _, d in await store.read_events(ref) if d["t"] == "f"]
+    assert record is not None and record.results[0] == success(ref, "first")
+    finals = [d for _, d in await store.read_events(ref) if isinstance(d, Final)]
     assert len(finals) == 1

@@ -6,12 +6,26 @@ import json
 
 import pytest
 
+from core.contract import decode_event
 from core.errors import AuthenticationFailed
 from core.events import Event
 from core.tokens import ImageTokens, StreamTokens
 from service.streaming import ChunkRenderer
 
 UUID = "3f2b6c1e-7d4a-4e9b-9a1c-2b7e5d8f0a13"
+FINAL_STOP = {"taskUUID": UUID, "resultIndex": 0, "status": "success", "finishReason": "stop"}
+USAGE = {
+    "promptTokens": 1,
+    "completionTokens": 2,
+    "totalTokens": 3,
+    "thinkingTokens": 0,
+    "cachedTokens": 0,
+}
+
+
+def stored(event_id: str, old: dict) -> Event:
+    """An event as an older worker stored it (a dict with short keys)."""
+    return Event(event_id, decode_event(json.dumps(old)))
 
 
 def data(raw: bytes | None) -> dict:
@@ -23,29 +37,32 @@ def data(raw: bytes | None) -> dict:
 
 def test_deltas_finals_errors_and_done() -> None:
     r = ChunkRenderer(UUID, 2)
-    assert data(r.render(Event("1-0", {"t": "d", "i": 0, "a": 1, "s": 1, "rc": "hmm"}))) == {
+    assert data(r.render(stored("1-0", {"t": "d", "i": 0, "a": 1, "s": 1, "rc": "hmm"}))) == {
         "taskUUID": UUID,
         "taskType": "textInference",
         "resultIndex": 0,
         "delta": {"reasoningContent": "hmm"},
     }
-    assert data(r.render(Event("2-0", {"t": "d", "i": 1, "a": 1, "s": 1, "text": "Hi"})))[
+    assert data(r.render(stored("2-0", {"t": "d", "i": 1, "a": 1, "s": 1, "text": "Hi"})))[
         "delta"
     ] == {"text": "Hi"}
     final = data(
         r.render(
-            Event(
+            stored(
                 "3-0",
                 {
                     "t": "f",
                     "i": 0,
                     "a": 1,
                     "r": {
+                        "taskType": "textInference",
+                        "taskUUID": UUID,
+                        "resultIndex": 0,
                         "status": "success",
                         "text": "x",
                         "finishReason": "length",
                         "seed": 1,
-                        "usage": {"promptTokens": 1},
+                        "usage": USAGE,
                         "cost": 0.5,
                     },
                 },
@@ -59,19 +76,22 @@ def test_deltas_finals_errors_and_done() -> None:
         "delta": {},
         "finishReason": "length",
         "seed": 1,
-        "usage": {"promptTokens": 1},
+        "usage": USAGE,
         "cost": 0.5,
     }
     assert not r.done
     error = data(
         r.render(
-            Event(
+            stored(
                 "4-0",
                 {
                     "t": "f",
                     "i": 1,
                     "a": 1,
                     "r": {
+                        "taskType": "textInference",
+                        "taskUUID": UUID,
+                        "resultIndex": 1,
                         "status": "error",
                         "error": {"code": "timeoutProvider", "message": "slow"},
                     },
@@ -96,13 +116,26 @@ def test_deltas_finals_errors_and_done() -> None:
 
 def test_ignores_stale_attempts_and_late_events() -> None:
     r = ChunkRenderer(UUID, 1)
-    assert r.render(Event("1-0", {"t": "d", "i": 0, "a": 2, "s": 1, "text": "new"}))
-    assert r.render(Event("2-0", {"t": "d", "i": 0, "a": 1, "s": 5, "text": "old"})) is None
-    assert r.render(Event("3-0", {"t": "d", "i": 7, "a": 2, "s": 1, "text": "?"})) is None
+    assert r.render(stored("1-0", {"t": "d", "i": 0, "a": 2, "s": 1, "text": "new"}))
+    assert r.render(stored("2-0", {"t": "d", "i": 0, "a": 1, "s": 5, "text": "old"})) is None
+    assert r.render(stored("3-0", {"t": "d", "i": 7, "a": 2, "s": 1, "text": "?"})) is None
     assert r.render(
-        Event("4-0", {"t": "f", "i": 0, "a": 2, "r": {"status": "success", "finishReason": "stop"}})
+        stored(
+            "4-0",
+            {
+                "t": "f",
+                "i": 0,
+                "a": 2,
+                "r": {
+                    "taskUUID": UUID,
+                    "resultIndex": 0,
+                    "status": "success",
+                    "finishReason": "stop",
+                },
+            },
+        )
     )
-    assert r.render(Event("5-0", {"t": "d", "i": 0, "a": 2, "s": 2, "text": "after"})) is None
+    assert r.render(stored("5-0", {"t": "d", "i": 0, "a": 2, "s": 2, "text": "after"})) is None
 
 
 def test_stream_tokens() -> None:
