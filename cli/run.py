@@ -160,7 +160,10 @@ class Runner:
                 cost = len(json.dumps(self.to_send[0].task, ensure_ascii=False)) + 1
                 if chunk and size + cost > MAX_BYTES_PER_POST:
                     break
-                # a chunk takes in-flight places as it is built, so polling stays bounded
+                # A chunk takes in-flight places as it is built, so polling stays bounded;
+                # it is sent as it is rather than wait for places while holding some.
+                if chunk and self.in_flight.locked():
+                    break
                 await self.in_flight.acquire()
                 if not self.to_send:
                     self.in_flight.release()
