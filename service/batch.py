@@ -1,32 +1,27 @@
-"""Runs the tasks of one `POST /v1` request: validate each, submit new work, answer each."""
+"""Runs the tasks of one `POST /v1` request: each task to intake or to its answerer, and
+what the response says about it.
+
+The envelope's own rules live here (a stream task is alone in its request, an
+authentication task only comes first, items spell a taskUUID as this request sent it);
+validating and submitting is service/intake.py, and what each delivery method answers is
+service/answers.py, so another front door can reuse either.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
-import random
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Receive
 
-from core.catalog import Catalog, ModelSpec
-from core.contract import ProcessingItem, ResultItem
-from core.deliveries import DeliveryState, DeliveryStore
-from core.errors import (
-    InvalidRequest,
-    ServiceUnavailable,
-    TaskConflict,
-    TaskNotFound,
-    TaskwireError,
-)
-from core.events import EventHub, Subscription, TaskEvents
+from core.catalog import Catalog
+from core.deliveries import DeliveryStore
+from core.errors import InvalidRequest, ServiceUnavailable, TaskNotFound, TaskwireError
+from core.events import EventHub
 from core.keys import TaskRef
-from core.outbound import OutboundPolicy, OutboundRefused, OutboundUnresolvable, check_url
-from core.prompt_size import tokens_over
+from core.outbound import OutboundPolicy
 from core.protocol import (
     GetResponseTask,
     ImageUploadTask,
@@ -39,14 +34,15 @@ from core.protocol import (
     parse_task,
 )
 from core.settings import Settings
-from core.store import NewTask, TaskRecord, TaskStore
+from core.store import TaskStore
 from core.tokens import StreamTokens
+from service.answers import Answers, StreamPlan
 from service.cancel import Disconnects, TaskCancels, in_background
-from service.delivery import collect_results, confirmed, result_items, watching
 from service.images import Images
-from service.limits import limit_error
+from service.intake import Accepted, Intake, Submitted, fingerprint, task_ref
 from service.shedding import LoadShedder
-from service.streaming import ChunkRenderer
+
+__all__ = ["Batch", "Slot", "StreamPlan", "fingerprint", "task_ref"]
 
 
 @dataclass(eq=False)
@@ -68,42 +64,6 @@ class Slot:
         }
 
 
-@dataclass(eq=False)
-class StreamPlan:
-    """What the response needs to stream one task: its events, their rendering, and the
-    subscription to release when the stream ends."""
-
-    events: TaskEvents
-    renderer: ChunkRenderer
-    cleanup: contextlib.AsyncExitStack | None = None
-    # The task, when it opted in to being cancelled if the stream closes before its end.
-    cancel_on_disconnect: TaskRef | None = None
-
-
-@dataclass(eq=False)
-class _Inference:
-    slot: Slot
-    task: TextInferenceTask
-    ref: TaskRef
-    new: NewTask
-    sub: Subscription | None = None
-
-
-def fingerprint(raw: dict[str, Any]) -> str:
-    """The body of a task, spelling-independent in its taskUUID (two spellings of one UUID
-    are one task)."""
-    uuid = raw.get("taskUUID")
-    if isinstance(uuid, str):
-        raw = {**raw, "taskUUID": canonical_uuid(uuid)}
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def task_ref(owner: str, task_uuid: str) -> TaskRef:
-    """A task's name in storage: the owner and the canonical (lower-case) taskUUID."""
-    return TaskRef(owner, canonical_uuid(task_uuid))
-
-
 def spelled_as_sent(slot: Slot) -> None:
     """Items answer with the taskUUID spelling this request used (a task stores the first
     request's spelling)."""
@@ -119,42 +79,6 @@ def spelled_as_sent(slot: Slot) -> None:
         else item
         for item in slot.items
     ]
-
-
-def check_prefill(task: TextInferenceTask, model: ModelSpec) -> None:
-    """A conversation ending with an assistant message needs a route that continues it."""
-    if task.ends_with_prefill and not model.allows_prefill:
-        raise InvalidRequest(
-            f"The last message is an assistant message (a prefill), and no provider of "
-            f"{task.model} continues one; end with a `user` or `tool` message.",
-            code="invalidMessages",
-            parameter=f"messages.{len(task.messages) - 1}.role",
-        )
-
-
-def check_context(task: TextInferenceTask, model: ModelSpec) -> None:
-    """Refuse a prompt that cannot fit the model's context window with room for maxTokens
-    (counted with a lower bound, so a prompt that fits is never refused)."""
-    budget = model.context_window - task.settings.maxTokens
-    texts = [m.content for m in task.messages if m.content]
-    if task.settings.systemPrompt:
-        texts.append(task.settings.systemPrompt)
-    over = tokens_over(texts, budget)
-    if over is not None:
-        raise InvalidRequest(
-            f"The messages are at least {over} tokens; with settings.maxTokens "
-            f"({task.settings.maxTokens}) that is over {task.model}'s context window of "
-            f"{model.context_window} tokens. Shorten the conversation or lower maxTokens.",
-            code="contextLengthExceeded",
-            parameter="messages",
-        )
-
-
-def seeds_for(task: TextInferenceTask) -> list[int]:
-    if task.seed is not None:
-        return [task.seed + i for i in range(task.numberResults)]
-    # Random seeds in the unsigned 32-bit range (as Runware does), distinct per result.
-    return random.sample(range(2**32), task.numberResults)
 
 
 class Batch:
@@ -177,15 +101,22 @@ class Batch:
         shedder: LoadShedder | None = None,
     ):
         self.owner = owner
-        self.shedder = shedder
         self.settings = settings
-        self.catalog = catalog
         self.store = store
         self.hub = hub
-        self.tokens = tokens
-        self.outbound = outbound
         self.images = images
         self.base_url = base_url
+        self.intake = Intake(
+            owner=owner,
+            settings=settings,
+            catalog=catalog,
+            store=store,
+            hub=hub,
+            outbound=outbound,
+            images=images,
+            shedder=shedder,
+        )
+        self.answers = Answers(owner=owner, store=store, tokens=tokens, base_url=base_url)
         self.slots: list[Slot] = []
         # taskCancel and cancelOnDisconnect: the cancel machinery (built when first needed),
         # and the request's ASGI receive, on which a sync wait hears its client leave.
@@ -229,7 +160,7 @@ class Batch:
     ) -> list[Slot]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.sync_timeout_s
-        inference: list[_Inference] = []
+        inference: list[tuple[Slot, Accepted]] = []
         lookups: list[Slot] = []
         cancels: list[Slot] = []
         for raw in raw_tasks:
@@ -255,11 +186,10 @@ class Batch:
                 cancels.append(slot)
             elif isinstance(slot.task, TextInferenceTask):
                 try:
-                    inference.append(
-                        await self._accept(
-                            slot, slot.task, subscriptions, alone=len(raw_tasks) == 1
-                        )
+                    accepted = await self._accept(
+                        slot, slot.task, subscriptions, alone=len(raw_tasks) == 1
                     )
+                    inference.append((slot, accepted))
                 except (InvalidRequest, ServiceUnavailable) as exc:
                     slot.errors.append(exc)
             else:
@@ -289,7 +219,7 @@ class Batch:
         subscriptions: contextlib.AsyncExitStack,
         *,
         alone: bool,
-    ) -> _Inference:
+    ) -> Accepted:
         """A valid textInference task, ready to submit (InvalidRequest if it is not)."""
         if task.deliveryMethod == "stream" and not alone:
             raise InvalidRequest(
@@ -298,137 +228,36 @@ class Batch:
                 code="invalidDeliveryMethod",
                 parameter="deliveryMethod",
             )
-        if task.deliveryMethod in ("sync", "stream") and self.shedder is not None:
-            self.shedder.check(self.owner, task.numberResults)  # 503 serverBusy when swamped
-        # A waiting task's subscription starts now, so Redis confirms it while the rest of
-        # the request is checked; results can only arrive after it is live.
-        sub = None
-        if task.deliveryMethod in ("sync", "stream"):
-            sub = await subscriptions.enter_async_context(
-                watching(self.hub, self.store, task_ref(self.owner, task.taskUUID))
-            )
-        prepared = self._prepare(slot, task)
-        if task.webhookURL is not None:
-            await self._check_webhook(task.webhookURL)
-        if task.inputs is not None:
-            prepared.new.request["inputs"]["images"] = await self.images.references(
-                self.owner, list(task.inputs.images)
-            )
-        prepared.sub = sub
-        return prepared
+        return await self.intake.accept(task, subscriptions, slot.raw)
 
-    def _prepare(self, slot: Slot, task: TextInferenceTask) -> _Inference:
-        model = self.catalog.get(task.model)
-        if model is None:
-            raise InvalidRequest(
-                f"Unknown model {task.model!r}; available: {', '.join(self.catalog.ids())}.",
-                code="unknownModel",
-                parameter="model",
-            )
-        if task.settings.maxTokens > model.max_output_tokens:
-            raise InvalidRequest(
-                f"settings.maxTokens is {task.settings.maxTokens}; {task.model} produces at "
-                f"most {model.max_output_tokens} output tokens.",
-                code="invalidMaxTokens",
-                parameter="settings.maxTokens",
-            )
-        check_prefill(task, model)
-        check_context(task, model)
-        ref = task_ref(self.owner, task.taskUUID)
-        request = task.model_dump(mode="json", by_alias=True, exclude_none=True)
-        new = NewTask(ref, fingerprint(slot.raw), request, seeds_for(task))
-        return _Inference(slot, task, ref, new)
-
-    async def _submit(self, work: list[_Inference], deadline: float) -> None:
-        await asyncio.gather(*(confirmed(w.sub) for w in work if w.sub is not None))
-        outcomes = await self.store.submit([w.new for w in work])
+    async def _submit(self, work: list[tuple[Slot, Accepted]], deadline: float) -> None:
+        outcomes = await self.intake.submit([accepted for _slot, accepted in work])
         waits = []
-        for w, outcome in zip(work, outcomes, strict=True):
-            if outcome.limited is not None:
-                w.slot.errors.append(limit_error(outcome.limited))
-            elif outcome.queue_full:
-                w.slot.errors.append(
-                    ServiceUnavailable(
-                        "The queue is full; try again shortly.", code="queueFull", retry_after=5
-                    )
-                )
-            elif not outcome.created and outcome.existing_fingerprint != w.new.fingerprint:
-                w.slot.errors.append(
-                    TaskConflict(
-                        "This taskUUID was already used with a different request body; "
-                        "use a new taskUUID for new work.",
-                        parameter="taskUUID",
-                    )
-                )
+        for (slot, _accepted), outcome in zip(work, outcomes, strict=True):
+            if isinstance(outcome, TaskwireError):
+                slot.errors.append(outcome)
             else:
-                # New, or the same body again (no new work): answer with its state.
-                waits.append(self._answer(w, outcome.created, deadline))
+                waits.append(self._answer(slot, outcome, deadline))
         await asyncio.gather(*waits)
 
-    async def _answer(self, w: _Inference, created: bool, deadline: float) -> None:
-        uuid, n = w.task.taskUUID, w.task.numberResults
-        if w.task.deliveryMethod == "stream" and w.sub is not None:
-            # A new task's subscription was live before it was enqueued: no replay needed.
-            w.slot.stream = StreamPlan(
-                TaskEvents(w.sub, self.store, w.ref, replay=not created),
-                ChunkRenderer(uuid, n),
-                cancel_on_disconnect=w.ref if w.task.cancelOnDisconnect else None,
+    async def _answer(self, slot: Slot, submitted: Submitted, deadline: float) -> None:
+        """The answerer of the task's delivery method."""
+        method = submitted.task.deliveryMethod
+        if method == "stream":
+            slot.stream = self.answers.stream(submitted)
+        elif method == "sync":
+            answer = await self.answers.sync(
+                submitted, deadline, self._disconnects, self._cancel_on_disconnect
             )
-        elif w.sub is not None:
-            waiting = collect_results(w.sub, self.store, w.ref, n, deadline, read_first=not created)
-            if w.task.cancelOnDisconnect:
-                results = await self._unless_disconnected(w, waiting)
-            else:
-                results = await waiting
-            w.slot.pending_sync = len(results) < n
-            if w.slot.pending_sync:  # a 202: the client polls, or follows the stream link
-                links = self._links(uuid)
-                w.slot.items.extend({**item, **links} for item in result_items(uuid, n, results))
-            else:
-                w.slot.items.extend(result_items(uuid, n, results))
-        elif created:
-            w.slot.items.append({**ProcessingItem(uuid).to_wire(), **self._links(uuid)})
+            slot.pending_sync = answer.pending
+            slot.items.extend(answer.items)
         else:
-            record = await self.store.get(w.ref)
-            if record is not None:
-                w.slot.items.extend(self._state_items(record))
+            slot.items.extend(await self.answers.acknowledge(submitted))
 
-    def _links(self, uuid: str) -> dict[str, Any]:
-        """The task's links: `stream`, its event stream for a browser (absolute, signed). Kept
-        under `links`, not as a top-level `...URL` field, which Runware's SDKs read as a
-        finished result."""
-        return {"links": {"stream": self.tokens.stream_url(self.base_url, self.owner, uuid)}}
+    async def _cancel_on_disconnect(self, ref: TaskRef) -> None:
+        await self.cancels.on_disconnect(ref)
 
-    def _state_items(self, record: TaskRecord) -> list[dict[str, Any]]:
-        """A task's current state, one item per result: as getResponse shows it, with the
-        task's links and, for a task with a webhook, each result's delivery state."""
-        uuid = record.ref.uuid
-        links = self._links(uuid)
-        items = []
-        for item in result_items(uuid, record.number_results, record.results):
-            shown = {**item, **links}
-            delivery = record.deliveries.get(item["resultIndex"])
-            if delivery is not None:
-                shown["webhook"] = DeliveryState(**delivery).public()
-            items.append(shown)
-        return items
-
-    async def _check_webhook(self, url: str) -> None:
-        """The outbound guard's verdict on a webhook URL at submit time. A name that does not
-        resolve now is accepted: delivery checks again, and retries on its schedule."""
-        try:
-            async with asyncio.timeout(self.settings.outbound_resolve_timeout_s):
-                await check_url(url, self.outbound)
-        except (OutboundUnresolvable, TimeoutError):
-            return
-        except OutboundRefused as exc:
-            raise InvalidRequest(
-                f"webhookURL is not allowed: {exc}.",
-                code="invalidWebhookURL",
-                parameter="webhookURL",
-            ) from None
-
-    # --- taskCancel and cancelOnDisconnect
+    # --- taskCancel
 
     async def _answer_cancels(self, slots: list[Slot]) -> None:
         async def one(slot: Slot) -> None:
@@ -444,32 +273,12 @@ class Batch:
 
         await asyncio.gather(*(one(slot) for slot in slots))
 
-    async def _unless_disconnected(
-        self, w: _Inference, waiting: Coroutine[Any, Any, dict[int, ResultItem]]
-    ) -> dict[int, ResultItem]:
-        """The sync wait of a task that opted in to cancelOnDisconnect, cut short (and the
-        task cancelled) if the client's connection closes first."""
-        if self._disconnects is None:
-            return await waiting
-        results = await self._disconnects.unless_gone(waiting)
-        if results is None:
-            await self.cancels.on_disconnect(w.ref)
-            return {}
-        return results
-
     # --- getResponse
 
     async def _answer_lookups(self, slots: list[Slot]) -> None:
         refs = [task_ref(self.owner, slot.task.taskUUID) for slot in slots]  # type: ignore[union-attr]
-        records = await self.store.get_many(refs)
-        for slot, ref, record in zip(slots, refs, records, strict=True):
-            if record is None:
-                slot.errors.append(
-                    TaskNotFound(
-                        f"No task {ref.uuid} for this API key: it is unknown, expired, or "
-                        "belongs to another key.",
-                        parameter="taskUUID",
-                    )
-                )
-                continue
-            slot.items.extend(self._state_items(record))
+        for slot, answer in zip(slots, await self.answers.lookups(refs), strict=True):
+            if isinstance(answer, TaskNotFound):
+                slot.errors.append(answer)
+            else:
+                slot.items.extend(answer)
