@@ -149,11 +149,6 @@ class Settings(BaseSettings):
     # The API writes them into each key's tenant hash (tw:tenant:<owner>) at startup.
     key_limits: dict[str, KeyLimits] = Field(default_factory=dict)
 
-    # --- worker
-    # A worker whose event loop lags more than the first takes no new batch work, more than
-    # the second no new work at all: the rest stays queued (worker/admission.py).
-    worker_batch_lag_s: float = Field(default=0.010, gt=0)
-    worker_interactive_lag_s: float = Field(default=0.050, gt=0)
     # --- API keys managed at run time (python -m service.keys; core/apikeys.py)
     # Each API process holds them in memory: a change is announced on a channel and the
     # version polled this often as a safety net (a missed notice is caught within this).
@@ -162,6 +157,11 @@ class Settings(BaseSettings):
     # <token>`; unset, those routes answer 404.
     admin_token: SecretStr | None = None
 
+    # --- worker
+    # A worker whose event loop lags more than the first takes no new batch work, more than
+    # the second no new work at all: the rest stays queued (worker/admission.py).
+    worker_batch_lag_s: float = Field(default=0.010, gt=0)
+    worker_interactive_lag_s: float = Field(default=0.050, gt=0)
     # The job classes this worker takes: i interactive (sync, stream), b batch (async), h
     # webhook deliveries. An "i" lane beside "bh" workers keeps interactive work off the
     # processes a batch flood keeps busy; worker_nice lowers a process's CPU priority (e.g.
