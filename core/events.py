@@ -32,10 +32,13 @@ log = structlog.get_logger("taskwire.events")
 @dataclass(frozen=True, slots=True)
 class Event:
     """A task event and its stream id; `body` is None for a kind this version does not
-    know (readers skip it, keeping its id)."""
+    know (readers skip it, keeping its id). On a channel subscribed with
+    `task_events=False` (other notices sharing the process's one connection), `id` is the
+    message's first word and `raw` the rest, undecoded."""
 
     id: str
     body: TaskEvent | None
+    raw: bytes = b""
 
     @property
     def order(self) -> tuple[int, int]:
@@ -104,6 +107,8 @@ class _Channel:
     # Set when the connection dropped: once the channel is live again, its readers are told
     # to re-read storage (earlier, and events published in between would be lost).
     resync_when_live: bool = False
+    # Messages are task events (decoded once for every reader), or notices passed raw.
+    task_events: bool = True
 
 
 class EventHub:
@@ -139,10 +144,14 @@ class EventHub:
         return sum(len(channel.subscribers) for channel in self._channels.values())
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, channel: str, *, task_events: bool = True
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe to a channel; `task_events=False` for notices that are not task events
+        (delivered raw), so every listener of the process shares this one connection."""
         name = channel.encode()
         sub = Subscription(name, self)
-        state = self._channels.setdefault(name, _Channel())
+        state = self._channels.setdefault(name, _Channel(task_events=task_events))
         state.subscribers.add(sub)
         state.idle_since = None
         if not state.want:
@@ -234,7 +243,10 @@ class EventHub:
         if state is None or not state.subscribers:
             return
         event_id, _, payload = data.partition(b" ")
-        event = Event(event_id.decode(), decode_event(payload))  # once for all readers
+        if state.task_events:
+            event = Event(event_id.decode(), decode_event(payload))  # once for all readers
+        else:
+            event = Event(event_id.decode(), None, payload)
         for sub in state.subscribers:
             sub._deliver(event)
 

@@ -79,7 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         await hub.start()
         # managed API keys (core/apikeys.py), kept current in memory (service/auth.py)
         app.state.apikeys = ApiKeyStore(redis, store.keys)
-        key_sync = KeyRingSync(keyring, app.state.apikeys, settings.key_ring_poll_s)
+        key_sync = KeyRingSync(keyring, app.state.apikeys, hub, settings.key_ring_poll_s)
         await key_sync.start()
         shedder = LoadShedder(
             redis,

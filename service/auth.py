@@ -21,11 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
 from core.apikeys import ApiKeyStore, KeyRecord, iso
 from core.errors import AuthenticationFailed
+from core.events import Event, EventHub
 
 log = structlog.get_logger("taskwire.auth")
 
@@ -121,14 +120,15 @@ def _managed_entry(record: KeyRecord) -> _Entry:
 
 class KeyRingSync:
     """Keeps a KeyRing's managed keys as Redis holds them: a change notice re-reads the keys
-    it names, a version poll (and a re-subscription after a lost connection) re-reads all.
+    it names, a version poll (and a lost or lagging subscription) re-reads all.
 
-    Notices come on a pub/sub connection of its own ("<version> {"digests": [...]}"), not
-    through the EventHub, whose messages are task events."""
+    Notices ("<version> {"digests": [...]}") come through the process's EventHub, on a
+    channel subscribed raw, so an API process keeps one pub/sub connection for everything."""
 
-    def __init__(self, ring: KeyRing, store: ApiKeyStore, poll_s: float = 1.0):
+    def __init__(self, ring: KeyRing, store: ApiKeyStore, hub: EventHub, poll_s: float = 1.0):
         self.ring = ring
         self.store = store
+        self.hub = hub
         self.poll_s = poll_s
         self.version = -1
         self.reloads = 0  # full re-reads (tests and logs)
@@ -136,12 +136,15 @@ class KeyRingSync:
 
     async def start(self) -> None:
         """Subscribe, then read every key (so no change falls between the two)."""
-        pubsub = await self._subscribe()
-        await self.reload()
+        subscribed = asyncio.get_running_loop().create_future()
         self._tasks = [
-            asyncio.create_task(self._listen(pubsub), name="key-ring-notices"),
+            asyncio.create_task(self._listen(subscribed), name="key-ring-notices"),
             asyncio.create_task(self._poll(), name="key-ring-poll"),
         ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(subscribed)
+        await self.reload()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -157,47 +160,23 @@ class KeyRingSync:
         self.reloads += 1
         log.info("auth.keys_loaded", managed=len(records), version=version)
 
-    async def _subscribe(self) -> PubSub:
-        pubsub = self.store.redis.pubsub()
-        try:
-            await pubsub.subscribe(self.store.keys.apikey_changes)
-            while True:  # the confirmation: from here on, no notice is missed
-                message = await pubsub.get_message(timeout=5.0)
-                if message is None:
-                    raise TimeoutError("no confirmation of the key notices' subscription")
-                if message["type"] == "subscribe":
-                    return pubsub
-        except BaseException:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            raise
+    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
+        channel = self.store.keys.apikey_changes
+        async with self.hub.subscribe(channel, task_events=False) as sub:
+            await sub.ready()
+            subscribed.set_result(None)
+            while True:
+                item = await sub.get()
+                try:
+                    if isinstance(item, Event):
+                        await self._apply(item.id, item.raw)
+                    else:  # the hub reconnected or this reader lagged: notices may be lost
+                        await self.reload()
+                except Exception as exc:
+                    log.warning("auth.keys_notice_failed", error=type(exc).__name__)
+                    self.version = -1  # the poll re-reads everything once Redis answers
 
-    async def _listen(self, pubsub: PubSub) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if message is not None and message["type"] == "message":
-                        await self._apply(message["data"])
-                        backoff = 0.05
-            except asyncio.CancelledError:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                raise
-            except Exception as exc:
-                log.warning("auth.keys_notices_lost", error=type(exc).__name__)
-                self.version = -1  # the poll re-reads everything once Redis answers
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                with contextlib.suppress(Exception):
-                    pubsub = await self._subscribe()
-                    await self.reload()  # what was announced while away
-
-    async def _apply(self, data: bytes) -> None:
-        version_text, _, payload = data.partition(b" ")
+    async def _apply(self, version_text: str, payload: bytes) -> None:
         digests = json.loads(payload).get("digests") if payload else None
         if not isinstance(digests, list):
             await self.reload()

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from core.apikeys import ApiKeyStore, KeyConflict, KeyNotFound, digest_hex
 from core.errors import AuthenticationFailed
+from core.events import EventHub
 from core.keys import Keys
 from core.settings import Settings
 from devenv.redis import RedisServer
@@ -156,6 +157,14 @@ async def wait_for(condition: Callable[[], bool], within_s: float = 2.0) -> floa
     return time.monotonic() - start
 
 
+@pytest.fixture
+async def hub(redis_async) -> AsyncIterator[EventHub]:
+    events = EventHub(redis_async)
+    await events.start()
+    yield events
+    await events.close()
+
+
 def accepts(ring: KeyRing, key: str) -> bool:
     try:
         ring.authenticate(key)
@@ -164,10 +173,10 @@ def accepts(ring: KeyRing, key: str) -> bool:
     return True
 
 
-async def test_ring_follows_notices(store: ApiKeyStore, redis_async) -> None:
+async def test_ring_follows_notices(store: ApiKeyStore, redis_async, hub: EventHub) -> None:
     before = await store.create("before start")
     ring = KeyRing([ENV_KEY])
-    sync = KeyRingSync(ring, store, poll_s=30)  # notices alone
+    sync = KeyRingSync(ring, store, hub, poll_s=30)  # notices alone
     await sync.start()
     try:
         assert accepts(ring, before.api_key) and accepts(ring, ENV_KEY)
@@ -185,9 +194,11 @@ async def test_ring_follows_notices(store: ApiKeyStore, redis_async) -> None:
         await sync.close()
 
 
-async def test_ring_catches_a_missed_notice_by_polling(store: ApiKeyStore, redis_async) -> None:
+async def test_ring_catches_a_missed_notice_by_polling(
+    store: ApiKeyStore, redis_async, hub: EventHub
+) -> None:
     ring = KeyRing([])
-    sync = KeyRingSync(ring, store, poll_s=0.1)
+    sync = KeyRingSync(ring, store, hub, poll_s=0.1)
     await sync.start()
     try:
         # a change whose notice never came (a CLI killed between EXEC and PUBLISH)
@@ -238,9 +249,11 @@ async def test_startup_overrides_and_runtime_limits(store: ApiKeyStore, redis_as
     assert await store.limits("f" * 16) == {"max_running": 2}
 
 
-async def test_ring_resubscribes_after_a_lost_connection(store: ApiKeyStore, redis_async) -> None:
+async def test_ring_resubscribes_after_a_lost_connection(
+    store: ApiKeyStore, redis_async, hub: EventHub
+) -> None:
     ring = KeyRing([])
-    sync = KeyRingSync(ring, store, poll_s=30)  # no poll to fall back on
+    sync = KeyRingSync(ring, store, hub, poll_s=30)  # no poll to fall back on
     await sync.start()
     try:
         await redis_async.client_kill_filter(_type="pubsub")
