@@ -38,6 +38,7 @@ from service.health import router as health_router
 from service.images import Images
 from service.images_api import router as images_router
 from service.limits import apply_key_limits, override_owners
+from service.openai_chat import router as openai_chat_router
 from service.origin import PublicOrigin, TrustedProxies
 from service.pages import router as pages_router
 from service.shedding import LoadShedder
@@ -166,6 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(tasks_list_router)
     app.include_router(admin_router)  # 404 unless TASKWIRE_ADMIN_TOKEN is set
+    app.include_router(openai_chat_router)  # OpenAI-compatible: /v1/chat/completions
 
     @app.get("/health")
     async def health(request: Request) -> Response:
