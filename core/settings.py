@@ -192,6 +192,17 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_max_connections: int = Field(default=1000, ge=1)
 
+    # --- metrics (Prometheus: the API's GET /metrics, each worker's probe port)
+    # The queue's depth (taskwire_queue_*) is exported by one API process at a time: the
+    # holder of a Redis lock of this TTL (renewed every third of it), once it has held it for
+    # the handover (set it to at least Prometheus's scrape interval, so the previous holder's
+    # samples are stale before the new one's appear and a sum() never counts them twice).
+    metrics_queue_lock_ttl_s: float = Field(default=15.0, ge=1)
+    metrics_queue_handover_s: float = Field(default=30.0, ge=0)
+    # Opt-in: taskwire_api_key_requests_total{key=<owner id>}, one series per API key owner
+    # (a key's non-secret owner id, never the key). Off by default: keys are unbounded.
+    metrics_key_labels: bool = False
+
     # --- logging
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -28,6 +28,7 @@ from core.tokens import StreamTokens
 from service.cancel import Disconnects
 from service.delivery import collect_results, result_items
 from service.intake import Submitted
+from service.metrics import timed_sync_wait
 from service.streaming import ChunkRenderer
 
 
@@ -77,6 +78,7 @@ class Answers:
             cancel_on_disconnect=submitted.ref if task.cancelOnDisconnect else None,
         )
 
+    @timed_sync_wait
     async def sync(
         self,
         submitted: Submitted,

@@ -25,6 +25,7 @@ from core.protocol import (
     canonical_uuid,
     parse_task,
 )
+from service import metrics
 from service.batch import Batch, Slot
 from service.limits import check_reads
 from service.state import State
@@ -165,6 +166,7 @@ def batch_response(slots: list[Slot]) -> Response:
 @router.post("/v1")
 @router.post("/v1/", include_in_schema=False)
 async def post_tasks(request: Request, state: State) -> Response:
+    owner: str | None = None  # for metrics
     try:
         body = await read_body(request, state.settings.max_body_bytes)
         tasks = parse_envelope(body)
@@ -190,6 +192,7 @@ async def post_tasks(request: Request, state: State) -> Response:
         slots = await batch.run(tasks)
         stream = next((slot.stream for slot in slots if slot.stream is not None), None)
         if stream is not None:
+            metrics.request_answered(slots, 200, owner)
             return sse_response(
                 sse_body(
                     stream.events,
@@ -198,10 +201,13 @@ async def post_tasks(request: Request, state: State) -> Response:
                     cleanup=stream.cleanup,
                 )
             )
-        return batch_response(slots)
+        response = batch_response(slots)
+        metrics.request_answered(slots, response.status_code, owner)
+        return response
     except TaskwireError as exc:
+        metrics.request_refused(exc, owner)
         return error_response(exc)
     except (RedisError, OSError):
-        return error_response(
-            ServiceUnavailable("Task storage is unavailable; try again shortly.", retry_after=2)
-        )
+        error = ServiceUnavailable("Task storage is unavailable; try again shortly.", retry_after=2)
+        metrics.request_refused(error, owner)
+        return error_response(error)

@@ -24,6 +24,7 @@ from core.images import ImageStore
 from core.keys import Keys
 from core.limits import BucketDefaults, ReadBucket
 from core.logging import configure_logging
+from core.metrics import QueueExporter
 from core.outbound import OutboundPolicy
 from core.settings import Settings
 from core.store import TaskStore
@@ -38,6 +39,8 @@ from service.health import router as health_router
 from service.images import Images
 from service.images_api import router as images_router
 from service.limits import apply_key_limits, override_owners
+from service.metrics import configure as configure_metrics
+from service.metrics import router as metrics_router
 from service.openai_chat import router as openai_chat_router
 from service.origin import PublicOrigin, TrustedProxies
 from service.pages import router as pages_router
@@ -89,6 +92,14 @@ def create_app(settings: Settings) -> FastAPI:
             refresh_s=settings.shed_refresh_s,
         )
         await shedder.start()
+        # the queue's depth on /metrics, from one API process at a time (core/metrics.py)
+        app.state.queue_exporter = QueueExporter(
+            redis,
+            store.keys,
+            ttl_s=settings.metrics_queue_lock_ttl_s,
+            handover_s=settings.metrics_queue_handover_s,
+        )
+        await app.state.queue_exporter.start()
         secret = await load_secret(redis, settings)
         tokens = StreamTokens(secret, settings.stream_token_ttl_s)
         image_tokens = ImageTokens(secret, settings.task_retention_s)
@@ -136,6 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             lifecycle(app).begin_drain("lifespan shutdown")
+            await app.state.queue_exporter.close()
             await shedder.close()
             await key_sync.close()
             await hub.close()
@@ -167,6 +179,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(tasks_list_router)
     app.include_router(admin_router)  # 404 unless TASKWIRE_ADMIN_TOKEN is set
+    app.include_router(metrics_router)  # GET /metrics (service/metrics.py)
+    configure_metrics(key_labels=settings.metrics_key_labels)
     app.include_router(openai_chat_router)  # OpenAI-compatible: /v1/chat/completions
 
     @app.get("/health")

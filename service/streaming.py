@@ -12,6 +12,7 @@ from starlette.responses import StreamingResponse
 
 from core.contract import Delta, ErrorItem, ResultItem
 from core.events import Event, TaskEvents
+from service.metrics import stream_closed, stream_opened
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -118,6 +119,7 @@ async def sse_body(
     lines keep a silent connection open."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lifetime_s if lifetime_s is not None else None
+    stream_opened()
     try:
         if retry_ms is not None:
             yield f"retry: {retry_ms}\n\n".encode()
@@ -138,6 +140,7 @@ async def sse_body(
                 yield chunk
         yield renderer.done_event()
     finally:
+        stream_closed()
         if cleanup is not None:
             await cleanup.aclose()
 

@@ -18,6 +18,7 @@ from core.contract import ErrorItem, ResultItem
 from core.errors import UpstreamError
 from core.images import ImageError
 from core.protocol import TextInferenceTask
+from worker import metrics as worker_metrics
 from worker.images import ImageResolver
 from worker.providers.base import (
     Adapter,
@@ -192,7 +193,10 @@ class Inference:
             assembler = ResultAssembler()
             publisher.restart()
             try:
-                async for event in adapter.stream(self._client, call):
+                upstream = adapter.stream(self._client, call)
+                async for event in worker_metrics.timed_attempt(
+                    upstream, model.air, call.route.name
+                ):
                     assembler.feed(event)
                     if isinstance(event, TextDelta):
                         publisher.add(text=event.text)
@@ -217,6 +221,7 @@ class Inference:
                     if counts_against_route(exc):
                         await self._health.failed(model, call.route)
                     return None, exc, attempts
+                worker_metrics.retry(model.air, call.route.name, exc.code)
                 await asyncio.sleep(delay)
                 continue
             usage, estimated = assembler.final_usage(call.task)

@@ -19,6 +19,7 @@ from core.limits import UsageMeter
 from core.protocol import TextInferenceTask
 from core.settings import Settings
 from core.store import FinishOutcome, FollowUpJob, TaskStore
+from worker import metrics as worker_metrics
 from worker.context import JobContext, StopSignal
 from worker.inference import Inference, InferenceOutcome
 from worker.publisher import ResultPublisher
@@ -279,6 +280,8 @@ def _log_completion(
 ) -> None:
     item = outcome.item
     usage = outcome.usage
+    if finish.written:
+        worker_metrics.result(task.model, outcome.route, item, outcome.routes_tried)
     log.info(
         "result.finished",
         task_uuid=task_uuid,

@@ -15,9 +15,9 @@ Why a thread and not an asyncio server on the worker's loop: a probe served by t
 judges cannot tell "stuck" from "busy for a second" (a probe timeout would restart a worker
 that is merely saturated), and it would compete with jobs for that loop. The thread answers
 at once whatever the loop is doing and judges the loop by its heartbeat. The stdlib server
-(http.server) keeps it dependency-free; a later `/metrics` is one more path in `ProbeHandler`
-returning `prometheus_client.generate_latest()` (prometheus_client's own exporter is the same
-design: a ThreadingHTTPServer beside the application).
+(http.server) keeps it dependency-free. `/metrics` is one more path: the process's
+Prometheus registry (worker/metrics.py) rendered by this thread (prometheus_client's own
+exporter is the same design: a ThreadingHTTPServer beside the application).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 log = structlog.get_logger("taskwire.worker")
 
@@ -99,6 +100,9 @@ class ProbeHandler(BaseHTTPRequestHandler):
             ok, details = health.liveness()
         elif path == "/readyz":
             ok, details = health.readiness()
+        elif path == "/metrics":
+            self._send_bytes(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            return
         else:
             self._send(404, {"status": "notFound"})
             return
@@ -106,8 +110,11 @@ class ProbeHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         raw = json.dumps(body, separators=(",", ":")).encode()
+        self._send_bytes(status, raw, "application/json")
+
+    def _send_bytes(self, status: int, raw: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(raw)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()

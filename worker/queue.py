@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from core.errors import TASK_CANCELLED
 from core.scheduler import HOOK, ClaimedJob, Scheduler, member, now_ms
+from worker import metrics as worker_metrics
 from worker.admission import ALL_CLASSES, INTERACTIVE_ONLY, LagMonitor
 from worker.context import Claim, JobContext
 from worker.probes import WorkerHealth
@@ -161,6 +162,8 @@ class QueueWorker(Worker):
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             free = self.max_jobs - self.job_counter
             classes = "".join(c for c in self.admission.classes() if c in self.classes)
+            if len(classes) < len(self.classes):  # the loop lags: some work stays queued
+                worker_metrics.held_back(classes)
             # Batch work is taken in small steps, each after a look at the loop's lag, so
             # the worker grows into its capacity instead of leaping past it.
             step = free if classes == INTERACTIVE_ONLY else min(free, self.admission.batch_step)
@@ -192,6 +195,8 @@ class QueueWorker(Worker):
             claim.stop.request(TASK_CANCELLED)
         task = self.loop.create_task(self.run_job(job_id, now_ms()))
         task.add_done_callback(lambda _task: self._job_done(job_id))
+        worker_metrics.job_started(job.job_class)
+        task.add_done_callback(lambda _task: worker_metrics.job_ended(job.job_class))
         self.tasks[job_id] = task
 
     def _job_done(self, job_id: str) -> None:

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from core.catalog import ModelSpec, Route
 from core.errors import UpstreamError
 from core.keys import Keys
+from worker import metrics as worker_metrics
 
 log = structlog.get_logger("taskwire.routing")
 
@@ -125,6 +126,7 @@ class RouteHealth:
             return None
         self._cache.pop(model.air, None)
         if until:
+            worker_metrics.cooldown(model.air, route.name)
             log.warning(
                 "route.cooling_down",
                 model=model.air,

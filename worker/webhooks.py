@@ -27,6 +27,7 @@ from core.http_guard import GuardedClient
 from core.keys import TaskRef
 from core.outbound import OutboundRefused, split_url
 from core.webhooks import RetrySchedule, WebhookSecrets, message_id, signature_header
+from worker import metrics as worker_metrics
 from worker.context import JobContext
 from worker.providers.base import parse_retry_after
 
@@ -172,6 +173,7 @@ async def _attempt(
     started = time.monotonic()
     outcome = await deliverer.attempt(pending.url, msg_id, ref.owner, body)
     state, retry_in = deliverer.next_state(pending.state, outcome)
+    worker_metrics.webhook_attempt(outcome.status, state.state, pending.state.next_at, started)
     await _record(deliverer.deliveries, ref, index, state, retry_in, host)
     log.info(
         "webhook.attempt",

@@ -85,4 +85,4 @@ def test_readiness_needs_startup_redis_and_no_drain(served: tuple[WorkerHealth, 
     assert response.status_code == 503 and response.json()["checks"]["shutdown"] == "draining"
     # liveness is not readiness: a draining worker is alive
     assert httpx.get(f"{url}/livez").status_code == 200
-    assert httpx.get(f"{url}/metrics").status_code == 404
+    assert httpx.get(f"{url}/nothing-here").status_code == 404

@@ -1,0 +1,171 @@
+"""The API's Prometheus metrics, and `GET /metrics`.
+
+One registry per API process (prometheus_client's default): `python -m service` runs
+uvicorn as one process, and each API process (several per host, or one per pod) is its own
+scrape target. Recording is a counter or histogram increment in memory, never a Redis
+round trip; the only Redis read is the queue's depth at scrape time, and only in the one
+process that exports it (core/metrics.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from core.errors import TaskwireError
+from core.metrics import BoundedLabel, QueueExporter
+
+REQUESTS = Counter(
+    "taskwire_api_requests",
+    "Tasks of POST /v1 requests answered, by task type, delivery method (textInference) and "
+    "the HTTP status of their answer (an error's own status; 202 for a sync task still "
+    "processing). A request refused as a whole counts once, with task_type none.",
+    ["task_type", "delivery_method", "status"],
+)
+REJECTED = Counter(
+    "taskwire_api_rejected",
+    "Tasks or requests refused, by the error code answered (rateLimitExceeded, "
+    "queueLimitExceeded, tokenLimitExceeded, serverBusy, queueFull, validation codes...).",
+    ["reason"],
+)
+SYNC_WAIT = Histogram(
+    "taskwire_api_sync_wait_seconds",
+    "How long a sync task's answer waited for its results after submitting; outcome "
+    "complete (every result final) or pending (a 202 at the sync timeout).",
+    ["outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
+)
+STREAMS_OPEN = Gauge(
+    "taskwire_api_streams_open",
+    "Server-sent event streams open now (stream tasks and re-attached event streams).",
+)
+
+TASK_TYPES = frozenset(
+    {"textInference", "getResponse", "taskCancel", "ping", "imageUpload", "authentication"}
+)
+_task_type = BoundedLabel(allowed=TASK_TYPES)
+_delivery = BoundedLabel(allowed=frozenset({"sync", "async", "stream"}))
+_reason = BoundedLabel(limit=100)
+
+
+def task_answered(task_type: object, delivery_method: object, status: int) -> None:
+    """One task answered (any front door may call this)."""
+    REQUESTS.labels(
+        _task_type(task_type) or "none", _delivery(delivery_method) or "none", str(status)
+    ).inc()
+
+
+def rejected(error: TaskwireError) -> None:
+    REJECTED.labels(_reason(error.code) or "unknown").inc()
+
+
+class _Slot(Protocol):
+    raw: Any
+    task: Any
+    errors: list[TaskwireError]
+    pending_sync: bool
+
+
+def request_answered(slots: Iterable[_Slot], status: int, owner: str | None = None) -> None:
+    """The tasks of one POST /v1 answered with HTTP `status`: each task counted with its own
+    status (its first error's, 202 while processing, else the response's), errors by code."""
+    if owner is not None and _key_labels:
+        key_requests().labels(owner, str(status)).inc()
+    for slot in slots:
+        task = slot.task
+        raw = slot.raw if isinstance(slot.raw, dict) else {}
+        task_type = getattr(task, "taskType", None) or raw.get("taskType")
+        delivery = getattr(task, "deliveryMethod", None)
+        if slot.errors:
+            for error in slot.errors:
+                rejected(error)
+            task_answered(task_type, delivery, slot.errors[0].status)
+        else:
+            task_answered(task_type, delivery, 202 if slot.pending_sync else status)
+
+
+def request_refused(error: TaskwireError, owner: str | None = None) -> None:
+    """A request refused as a whole (body, authentication, read limit, storage)."""
+    if owner is not None and _key_labels:
+        key_requests().labels(owner, str(error.status)).inc()
+    rejected(error)
+    task_answered(None, None, error.status)
+
+
+def stream_opened() -> None:
+    STREAMS_OPEN.inc()
+
+
+def stream_closed() -> None:
+    STREAMS_OPEN.dec()
+
+
+class _Pending(Protocol):
+    pending: bool
+
+
+P = ParamSpec("P")
+A = TypeVar("A", bound=_Pending)
+
+
+def timed_sync_wait(function: Callable[P, Awaitable[A]]) -> Callable[P, Awaitable[A]]:
+    """Decorates the sync answerer: its wait observed in taskwire_api_sync_wait_seconds."""
+
+    @functools.wraps(function)
+    async def timed(*args: P.args, **kwargs: P.kwargs) -> A:
+        started = time.monotonic()
+        answer = await function(*args, **kwargs)
+        SYNC_WAIT.labels("pending" if answer.pending else "complete").observe(
+            time.monotonic() - started
+        )
+        return answer
+
+    return timed
+
+
+_KEY_REQUESTS: Counter | None = None
+_key_labels = False
+
+
+def configure(key_labels: bool) -> None:
+    """Whether requests are also counted per API key owner (TASKWIRE_METRICS_KEY_LABELS)."""
+    global _key_labels
+    _key_labels = key_labels
+
+
+def key_requests() -> Counter:
+    """taskwire_api_key_requests_total{key,status}: only with TASKWIRE_METRICS_KEY_LABELS
+    (registered on first use, so it does not exist otherwise)."""
+    global _KEY_REQUESTS
+    if _KEY_REQUESTS is None:
+        _KEY_REQUESTS = Counter(
+            "taskwire_api_key_requests",
+            "POST /v1 requests by API key owner id and HTTP status "
+            "(opt-in: TASKWIRE_METRICS_KEY_LABELS).",
+            ["key", "status"],
+        )
+    return _KEY_REQUESTS
+
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """This process's metrics, and the queue's depth if this process exports it."""
+    exporter: QueueExporter | None = getattr(request.app.state, "queue_exporter", None)
+    queue = await exporter.exposition() if exporter is not None else b""
+    return Response(generate_latest(REGISTRY) + queue, media_type=CONTENT_TYPE_LATEST)
