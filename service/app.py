@@ -42,6 +42,7 @@ from service.limits import apply_key_limits, override_owners
 from service.metrics import configure as configure_metrics
 from service.metrics import router as metrics_router
 from service.openai_chat import router as openai_chat_router
+from service.openai_responses import router as openai_responses_router
 from service.origin import PublicOrigin, TrustedProxies
 from service.pages import router as pages_router
 from service.shedding import LoadShedder
@@ -182,6 +183,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics_router)  # GET /metrics (service/metrics.py)
     configure_metrics(key_labels=settings.metrics_key_labels)
     app.include_router(openai_chat_router)  # OpenAI-compatible: /v1/chat/completions
+    app.include_router(openai_responses_router)  # and /v1/responses
 
     @app.get("/health")
     async def health(request: Request) -> Response:

@@ -274,3 +274,139 @@ def test_idempotency_key(client: OpenAI) -> None:
             model=MODEL, messages=user("another body"), extra_headers=key
         )
     assert conflict.value.code == "idempotency_key_conflict"
+
+
+# --- responses
+
+
+def test_response_create_is_a_task(client: OpenAI, stack: Stack) -> None:
+    raw = client.responses.with_raw_response.create(
+        model=MODEL,
+        input="openai responses create [[sim:tokens=7]]",
+        instructions="Be brief.",
+        max_output_tokens=300,
+        temperature=0.3,
+    )
+    response = raw.parse()
+    task_uuid = raw.headers["x-taskwire-task-uuid"]
+    assert response.id == "resp_" + task_uuid.replace("-", "")
+    assert response.status == "completed" and response.object == "response"
+    assert response.instructions == "Be brief." and response.max_output_tokens == 300
+    assert response.output_text
+    assert response.usage is not None and response.usage.output_tokens > 0
+    [item] = stored(stack, task_uuid)
+    assert item["text"] == response.output_text
+    assert client.responses.retrieve(response.id).output_text == response.output_text
+
+
+def test_response_stream(client: OpenAI) -> None:
+    events = list(
+        client.responses.create(
+            model=MODEL, input="openai responses stream [[sim:tokens=30,reasoning=6]]", stream=True
+        )
+    )
+    kinds = [event.type for event in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    final = events[-1].response  # type: ignore[union-attr]
+    assert text and final.output_text == text
+    assert "response.reasoning_summary_text.delta" in kinds
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+
+
+def test_background_retrieve_resume_and_cancel(client: OpenAI) -> None:
+    from devenv.procs import wait_until
+
+    slow = "openai background [[sim:tokens=40,tps=40]]"
+    created = client.responses.create(model=MODEL, input=slow, background=True)
+    assert created.status in ("queued", "in_progress") and created.background is True
+    live = list(client.responses.retrieve(created.id, stream=True))
+    assert live[-1].type == "response.completed"
+    assert [event.sequence_number for event in live] == list(range(len(live)))
+    done = client.responses.retrieve(created.id)
+    assert done.status == "completed" and done.output_text == live[-1].response.output_text  # type: ignore[union-attr]
+    resumed = list(client.responses.retrieve(created.id, stream=True, starting_after=5))
+    assert [e.model_dump() for e in resumed] == [e.model_dump() for e in live[6:]]
+
+    hanging = client.responses.create(
+        model=MODEL, input="openai cancel [[sim:tokens=400,tps=20]]", background=True
+    )
+    wait_until(
+        lambda: client.responses.retrieve(hanging.id).status == "in_progress",
+        20,
+        "the background response to start",
+    )
+    cancelled = client.responses.cancel(hanging.id)
+    assert cancelled.status == "cancelled"
+    assert client.responses.retrieve(hanging.id).status == "cancelled"
+    tail = list(client.responses.retrieve(hanging.id, stream=True))
+    assert tail[-1].response.status == "cancelled"  # type: ignore[union-attr]
+    assert client.responses.cancel(hanging.id).status == "cancelled"  # again: the same
+
+
+def test_response_tool_round_trip_and_schema(client: OpenAI) -> None:
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": WEATHER["function"]["parameters"],
+        "strict": True,
+    }
+    first = client.responses.create(
+        model=MODEL, input="Please call get_weather city=Oslo", tools=[tool]
+    )
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Oslo"}
+    second = client.responses.create(
+        model=MODEL,
+        tools=[tool],
+        input=[
+            {"role": "user", "content": "Please call get_weather city=Oslo"},
+            *[item.model_dump(exclude_none=True) for item in first.output],
+            {"type": "function_call_output", "call_id": call.call_id, "output": '{"t": 3}'},
+        ],
+    )
+    assert second.status == "completed" and second.output_text
+    shaped = client.responses.create(
+        model=MODEL,
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "a city name=Oslo"},
+                    {"type": "input_image", "image_url": PNG_URI},
+                ],
+            }
+        ],
+        text={
+            "format": {
+                "type": "json_schema",
+                "name": "city",
+                "schema": {"type": "object", "properties": {"name": {"type": "string"}}},
+            }
+        },
+    )
+    assert json.loads(shaped.output_text) == {"name": "Oslo"}
+    assert shaped.usage is not None and shaped.usage.input_tokens >= 85
+
+
+def test_response_errors(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as wrong:
+        client.responses.create(model=MODEL, input="hi", temperature=7)
+    assert wrong.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as item:
+        client.responses.create(
+            model=MODEL, input=[{"role": "user", "content": "hi"}, {"role": "robot"}]
+        )
+    assert item.value.param == "input.1.role"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_" + uuid.uuid4().hex)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_nothing")
+    key = {"Idempotency-Key": f"r-{uuid.uuid4()}"}
+    first = client.responses.create(model=MODEL, input="idem", extra_headers=key)
+    assert client.responses.create(model=MODEL, input="idem", extra_headers=key).id == first.id
+    with pytest.raises(openai.ConflictError):
+        client.responses.create(model=MODEL, input="other", extra_headers=key)
