@@ -12,7 +12,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, streaming, tenants, webhooks
+from bench import foundation, openai_compat, streaming, tenants, webhooks
 from bench.common import start_stack
 from core.settings import PROJECT_ROOT
 from devenv.stack import Stack
@@ -172,11 +172,25 @@ async def tenant_sections(args: argparse.Namespace) -> list[str]:
     return sections
 
 
+async def openai_sections(args: argparse.Namespace) -> list[str]:
+    stack = start_stack(workers=1)
+    try:
+        print("openai chat completions (interleaved pairs) ...", flush=True)
+        run = await openai_compat.chat_latency(stack, args.samples, warmup=min(20, args.samples))
+    finally:
+        stack.stop()
+    return [
+        "### OpenAI chat completions: taskwire vs straight to the simulator\n\n"
+        + openai_compat.chat_table(run)
+    ]
+
+
 SUITES = {
     "foundation": foundation_sections,
     "streaming": streaming_sections,
     "webhooks": webhook_sections,
     "tenants": tenant_sections,
+    "openai": openai_sections,
 }
 
 
