@@ -159,7 +159,7 @@ return 0
 """
 
 EXPORTER_FLAG = Gauge(
-    "taskwire_queue_exporter",
+    "taskwire_metrics_queue_exporter",
     "1 in the one process exporting the taskwire_queue_* series, 0 elsewhere "
     "(sum over processes should be 1).",
 )
