@@ -9,6 +9,8 @@ from typing import Any
 
 import structlog
 
+from core.tracing import add_trace_ids
+
 # Keys whose values must never reach a log line, whatever code binds them.
 _SECRET_KEYS = frozenset(
     {"api_key", "apikey", "authorization", "password", "secret", "token", "x-api-key"}
@@ -45,6 +47,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, process: str) -
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_secrets,
+        add_trace_ids,  # trace_id, span_id while a span is current (tracing on)
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()

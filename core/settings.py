@@ -207,6 +207,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- tracing: OpenTelemetry, off unless the standard OTEL_* variables turn it on
+    # (OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER/_ARG: see
+    # core/tracing.py). For tests and debugging, finished spans can also go to this file as
+    # JSON lines (this alone turns tracing on).
+    trace_file: Path | None = None
+
     @field_validator(
         "api_keys", "webhook_schedule_s", "outbound_allow_cidrs", "trusted_proxies", mode="before"
     )

@@ -30,6 +30,7 @@ class NewTask:
     fingerprint: str
     request: dict[str, Any]
     seeds: list[int]
+    trace: str | None = None  # the API request's trace context (core/tracing.py), if on
 
 
 @dataclass(slots=True)
@@ -107,7 +108,8 @@ class FinishOutcome:
 # ARGV: queue prefix, tenant prefix, fingerprint, request, seeds, n, created ms, retention
 # s, max queue depth, default max queued per key, job class, rate prefix, usage prefix,
 # default rps, default burst, default tokens per minute, then n job payloads, n job ids,
-# the canonical taskUUID and the head of the key's task record names ("<prefix>:task:{<owner>:").
+# the canonical taskUUID, the head of the key's task record names ("<prefix>:task:{<owner>:")
+# and the trace context to store with the task ('' for none; field `tc`, core/tracing.py).
 # KEYS: the task record, the n arq job keys, then the key's task index (a ZSET: taskUUIDs
 # by creation time, read by GET /v1/tasks). Returns {1} (created), {0, fp} (the
 # taskUUID exists), {-1} (the queue is full), {-2, limit} (the key's own queue quota is
@@ -142,6 +144,8 @@ end
 bucket(rate_key, rps, tonumber(own[3] or ARGV[15]), 1, now, true)
 redis.call('HSET', KEYS[1], 'fp', ARGV[3], 'req', ARGV[4], 'seeds', ARGV[5], 'n', n,
            'created', ARGV[7], 'done', 0)
+local trace = ARGV[J + 2 * n + 3]
+if trace and trace ~= '' then redis.call('HSET', KEYS[1], 'tc', trace) end
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 local ttl_ms = tonumber(ARGV[8]) * 1000
 local created = math.floor(tonumber(ARGV[7]))
@@ -325,6 +329,7 @@ class TaskStore:
                     *job_ids,
                     task.ref.uuid,
                     f"{self.keys.task_head}{task.ref.owner}:",
+                    task.trace or "",
                 )
             pipe.publish(self.keys.wake, b"1")
             replies = await pipe.execute()
@@ -417,6 +422,11 @@ class TaskStore:
             self.keys.task(ref), [*JOB_INPUT_FIELDS, f"r:{index}"]
         )
         return job_input_from(fields, index)
+
+    async def trace_carrier(self, ref: TaskRef) -> bytes | None:
+        """The trace context stored with a task (None: none, or the task is gone)."""
+        found: bytes | None = await self.redis.hget(self.keys.task(ref), "tc")  # type: ignore[misc]
+        return found
 
     async def read_events(
         self, ref: TaskRef, after: str = "0-0", page: int = 1000

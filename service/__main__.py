@@ -19,6 +19,7 @@ import uvicorn
 
 from core.logging import configure_logging
 from core.settings import Settings
+from core.tracing import setup_tracing, shutdown_tracing
 from service.app import create_app
 from service.health import Lifecycle, lifecycle
 
@@ -49,6 +50,7 @@ class DrainingServer(uvicorn.Server):
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, process="api")
+    setup_tracing("api", settings.trace_file)  # off unless OTEL_* (or the trace file) say
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -61,7 +63,10 @@ def main() -> None:
         timeout_graceful_shutdown=settings.api_shutdown_grace_s,
         proxy_headers=False,
     )
-    DrainingServer(config, lifecycle(app), settings.api_shutdown_delay_s).run()
+    try:
+        DrainingServer(config, lifecycle(app), settings.api_shutdown_delay_s).run()
+    finally:
+        shutdown_tracing()  # exports the spans still buffered
 
 
 if __name__ == "__main__":

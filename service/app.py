@@ -29,6 +29,8 @@ from core.outbound import OutboundPolicy
 from core.settings import Settings
 from core.store import TaskStore
 from core.tokens import ImageTokens, StreamTokens, load_secret
+from core.tracing import TracingMiddleware
+from core.tracing import active as tracing_active
 from core.webhooks import WebhookSecrets
 from service.admin_api import router as admin_router
 from service.api import error_response, json_response, router
@@ -166,6 +168,8 @@ def create_app(settings: Settings) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.lifecycle = Lifecycle()  # /readyz; draining from SIGTERM on (service/health.py)
+    if tracing_active():  # a server span per request, continuing a client's traceparent
+        app.add_middleware(TracingMiddleware)  # inside PublicOrigin, which copies the scope
     app.add_middleware(
         PublicOrigin,
         public_base_url=settings.public_base_url,

@@ -29,6 +29,7 @@ from core.prompt_size import tokens_over
 from core.protocol import TextInferenceTask, canonical_uuid
 from core.settings import Settings
 from core.store import NewTask, TaskStore
+from core.tracing import current_carrier, span
 from service.delivery import confirmed, watching
 from service.images import Images
 from service.limits import limit_error
@@ -186,7 +187,9 @@ class Intake:
         ref = task_ref(self.owner, task.taskUUID)
         request = task.model_dump(mode="json", by_alias=True, exclude_none=True)
         body = raw if raw is not None else request
-        return Accepted(task, ref, NewTask(ref, fingerprint(body), request, seeds_for(task)))
+        trace = current_carrier()  # the request's span: the worker continues its trace
+        new = NewTask(ref, fingerprint(body), request, seeds_for(task), trace)
+        return Accepted(task, ref, new)
 
     async def _check_webhook(self, url: str) -> None:
         """The outbound guard's verdict on a webhook URL at submit time. A name that does not
@@ -208,7 +211,8 @@ class Intake:
         confirmed; each is Submitted, or the error that refused it (a limit, the queue, a
         taskUUID already used with another body)."""
         await asyncio.gather(*(confirmed(a.sub) for a in accepted if a.sub is not None))
-        outcomes = await self.store.submit([a.new for a in accepted])
+        with span("tasks.submit", {"taskwire.tasks": len(accepted)}):
+            outcomes = await self.store.submit([a.new for a in accepted])
         answers: list[Submitted | TaskwireError] = []
         for a, outcome in zip(accepted, outcomes, strict=True):
             if outcome.limited is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 import structlog
 
+from core import tracing
 from core.cancel import stop_message
 from core.catalog import Catalog, ModelSpec, Route
 from core.contract import ErrorItem, ResultItem
@@ -141,6 +142,8 @@ class Inference:
             last: UpstreamError | None = None
             memo: dict[str, str] = {}
             for route, key in await self.candidates(model, prefill=task.ends_with_prefill):
+                if tried and last is not None:
+                    tracing.event("upstream.fallback", _fallback(tried[-1], route.name, last))
                 tried.append(route.name)
                 images = await self._images.for_route(
                     owner, list(task.inputs.images) if task.inputs else [], route, memo
@@ -192,6 +195,7 @@ class Inference:
             attempts += 1
             assembler = ResultAssembler()
             publisher.restart()
+            span = tracing.start_span("upstream.attempt", _attempt(call.route.name, attempts))
             try:
                 upstream = adapter.stream(self._client, call)
                 async for event in worker_metrics.timed_attempt(
@@ -207,6 +211,7 @@ class Inference:
                 delay = None
                 if exc.retryable and not publisher.published:
                     delay = self._policy.delay(attempts, exc.retry_after)
+                tracing.end_span(span, _attempt_failure(exc, delay), error=exc.code)
                 log.info(
                     "upstream.attempt_failed",
                     route=call.route.name,
@@ -224,6 +229,10 @@ class Inference:
                 worker_metrics.retry(model.air, call.route.name, exc.code)
                 await asyncio.sleep(delay)
                 continue
+            except BaseException as exc:  # cancelled, or a re-run's text differs
+                tracing.end_span(span, error=type(exc).__name__)
+                raise
+            tracing.end_span(span)
             usage, estimated = assembler.final_usage(call.task)
             outcome = InferenceOutcome(
                 item=assembler.item(call.task, index, call.seed, model.price),
@@ -256,3 +265,24 @@ class Inference:
             attempts=attempts,
             routes_tried=tried,
         )
+
+
+def _attempt(route: str, attempt: int) -> dict[str, str | int]:
+    return {"taskwire.route": route, "taskwire.attempt": attempt}
+
+
+def _attempt_failure(exc: UpstreamError, retry_in_s: float | None) -> dict[str, str | int | float]:
+    found: dict[str, str | int | float] = {"taskwire.error_code": exc.code}
+    if exc.http_status is not None:
+        found["http.response.status_code"] = exc.http_status
+    if retry_in_s is not None:
+        found["taskwire.retry_in_s"] = round(retry_in_s, 3)
+    return found
+
+
+def _fallback(from_route: str, to_route: str, error: UpstreamError) -> dict[str, str]:
+    return {
+        "taskwire.from_route": from_route,
+        "taskwire.to_route": to_route,
+        "taskwire.reason": error.code,
+    }

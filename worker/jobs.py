@@ -19,6 +19,7 @@ from core.limits import UsageMeter
 from core.protocol import TextInferenceTask
 from core.settings import Settings
 from core.store import FinishOutcome, FollowUpJob, TaskStore
+from core.tracing import job_scope, span
 from worker import metrics as worker_metrics
 from worker.context import JobContext, StopSignal
 from worker.inference import Inference, InferenceOutcome
@@ -44,8 +45,11 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
     job_try = job_ctx.job_try
     started = time.monotonic()
     started_ms = time.time() * 1000
-    with structlog.contextvars.bound_contextvars(
-        task_uuid=task_uuid, result_index=index, job_try=job_try
+    with (
+        structlog.contextvars.bound_contextvars(
+            task_uuid=task_uuid, result_index=index, job_try=job_try
+        ),
+        job_scope() as traced,
     ):
         prefetched, job = job_ctx.take_prefetched()
         if not prefetched:
@@ -58,6 +62,10 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
             return
         queue_ms = max(0.0, started_ms - job.created_ms)
         task = TextInferenceTask.model_validate(job.request)
+        # the API request's trace: queued since the submit, then this result's span
+        traced.start(
+            "result.run", job.trace, job.created_ms, _trace_attributes(task, index, job_try)
+        )
         stop = job_ctx.stop
         if job.cancel is not None:  # cancelled while this job was being claimed
             stop.request(job.cancel)
@@ -66,8 +74,10 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
         try:
             outcome = await _produce(deps, task, index, job.seed, publisher, job_try, ref, stop)
             delivery = deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
-            finish = await _finish(publisher, outcome.item, delivery)
+            with span("result.write"):
+                finish = await _finish(publisher, outcome.item, delivery)
             job_ctx.settled = True
+            traced.set(_trace_outcome(outcome, finish), error=_error_code(outcome.item))
             await _record_usage(deps, ref.owner, outcome, finish)
             await deps.inference.recorded(outcome)
         except BaseException:
@@ -76,7 +86,33 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
         finally:
             if expiry is not None:
                 expiry.cancel()
-    _log_completion(task, task_uuid, index, job_try, outcome, finish, started, queue_ms)
+        # inside the result's span, so the line carries its trace id
+        _log_completion(task, task_uuid, index, job_try, outcome, finish, started, queue_ms)
+
+
+def _trace_attributes(task: TextInferenceTask, index: int, job_try: int) -> dict[str, str | int]:
+    return {
+        "taskwire.job_try": job_try,
+        "taskwire.task_uuid": task.taskUUID,
+        "taskwire.result_index": index,
+        "taskwire.model": task.model,
+        "taskwire.delivery": task.deliveryMethod,
+    }
+
+
+def _trace_outcome(outcome: InferenceOutcome, finish: FinishOutcome) -> dict[str, str | int]:
+    found: dict[str, str | int] = {
+        "taskwire.status": outcome.item.status,
+        "taskwire.attempts": outcome.attempts,
+        "taskwire.recorded": int(finish.written),
+    }
+    if outcome.route is not None:
+        found["taskwire.route"] = outcome.route
+    return found
+
+
+def _error_code(item: ResultItem) -> str | None:
+    return item.code if isinstance(item, ErrorItem) else None
 
 
 async def _publisher(

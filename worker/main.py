@@ -25,6 +25,7 @@ from core.scheduler import Fairness, Scheduler
 from core.settings import Settings
 from core.store import TaskStore
 from core.tokens import ImageTokens, load_secret
+from core.tracing import setup_tracing, shutdown_tracing
 from core.webhooks import RetrySchedule, WebhookSecrets
 from worker.admission import LagMonitor
 from worker.images import ImageResolver
@@ -150,6 +151,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         guarded: GuardedClient | None = ctx.get(name)
         if guarded is not None:
             await guarded.aclose()
+    shutdown_tracing()  # exports the spans still buffered
     log.info("worker.stopped")
 
 
@@ -224,6 +226,7 @@ def build_worker(settings: Settings) -> QueueWorker:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, process="worker")
+    setup_tracing("worker", settings.trace_file)  # off unless OTEL_* (or the trace file) say
     if settings.worker_nice:
         os.nice(settings.worker_nice)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

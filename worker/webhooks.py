@@ -22,6 +22,7 @@ import httpx
 import structlog
 from redis.exceptions import RedisError
 
+from core import tracing
 from core.deliveries import DeliveryState, DeliveryStore, PendingDelivery
 from core.http_guard import GuardedClient
 from core.keys import TaskRef
@@ -148,8 +149,10 @@ async def deliver_webhook(job: JobContext, owner: str, task_uuid: str, index: in
         log.debug("webhook.host_busy", task_uuid=task_uuid, result_index=index, host=host)
         return
     recorded = False
+    # the task's trace (its API request), read only when tracing is on
+    carrier = await job.deps.store.trace_carrier(ref) if tracing.active() else None
     try:
-        await _attempt(deliverer, ref, index, pending, host)
+        await _attempt(deliverer, ref, index, pending, host, carrier)
         recorded = job.settled = True
     finally:
         if host and not recorded:
@@ -166,14 +169,21 @@ def _host_of(url: str) -> str:
 
 
 async def _attempt(
-    deliverer: WebhookDeliverer, ref: TaskRef, index: int, pending: PendingDelivery, host: str
+    deliverer: WebhookDeliverer,
+    ref: TaskRef,
+    index: int,
+    pending: PendingDelivery,
+    host: str,
+    carrier: bytes | None = None,
 ) -> None:
     msg_id = message_id(ref.uuid, index)
     body = json.dumps({"data": [pending.item]}, separators=(",", ":"), ensure_ascii=False).encode()
     started = time.monotonic()
+    span = tracing.start_span("webhook.attempt", _span_start(ref, index, pending), carrier)
     outcome = await deliverer.attempt(pending.url, msg_id, ref.owner, body)
     state, retry_in = deliverer.next_state(pending.state, outcome)
     worker_metrics.webhook_attempt(outcome.status, state.state, pending.state.next_at, started)
+    tracing.end_span(span, _span_outcome(outcome, state), error=state.last_error)
     await _record(deliverer.deliveries, ref, index, state, retry_in, host)
     log.info(
         "webhook.attempt",
@@ -187,6 +197,21 @@ async def _attempt(
         retry_in_s=None if retry_in is None else round(retry_in, 3),
         latency_ms=round((time.monotonic() - started) * 1000, 2),
     )
+
+
+def _span_start(ref: TaskRef, index: int, pending: PendingDelivery) -> dict[str, str | int]:
+    return {
+        "taskwire.task_uuid": ref.uuid,
+        "taskwire.result_index": index,
+        "taskwire.attempt": pending.state.attempts + 1,
+    }
+
+
+def _span_outcome(outcome: AttemptResult, state: DeliveryState) -> dict[str, str | int]:
+    found: dict[str, str | int] = {"taskwire.delivery_state": state.state}
+    if outcome.status is not None:
+        found["http.response.status_code"] = outcome.status
+    return found
 
 
 async def _record(
