@@ -76,6 +76,11 @@ class Keys:
         """arq job id of result `index`'s webhook delivery (claims skip its prefetch)."""
         return f"{ref.owner}:{ref.uuid}:{index}:webhook"
 
+    def ws_session(self, session: str) -> str:
+        """Hash of a WebSocket session (core/sessions.py): its owner and outstanding tasks,
+        kept for the resume window after the socket closes."""
+        return f"{self.prefix}:wss:{session}"
+
     def image(self, image_uuid: str) -> str:
         return f"{self.prefix}:img:{image_uuid}"
 

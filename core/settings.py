@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     api_shutdown_delay_s: float = Field(default=0.0, ge=0)
     api_shutdown_grace_s: int = Field(default=10, ge=0)
 
+    # --- the WebSocket (GET /v1 upgraded; service/ws.py)
+    # A socket must authenticate within this; a client that reconnects within the window
+    # with its connectionSessionUUID gets the results it missed (core/sessions.py).
+    ws_auth_timeout_s: float = Field(default=5.0, gt=0)
+    ws_session_window_s: int = Field(default=120, ge=1)
+    # Frames waiting to be written to one socket; a client that lets more pile up is closed
+    # (1008), its results kept for getResponse and resume.
+    ws_send_queue: int = Field(default=256, ge=1)
+    # Frames of one socket being answered at once; past it the socket is read no further.
+    ws_frames_in_flight: int = Field(default=64, ge=1)
+
     # --- event streams and server-sent events
     # Deltas are appended when this much text has gathered or when the oldest unsent one has
     # waited the flush interval, which starts at the first value and grows by half after each

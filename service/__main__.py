@@ -6,22 +6,27 @@ the app decides whom to believe, from TASKWIRE_TRUSTED_PROXIES (service/origin.p
 Stopping: the first SIGTERM (or Ctrl-C) makes /readyz answer 503 at once; the API keeps
 serving for TASKWIRE_API_SHUTDOWN_DELAY_S so load balancers take it out of rotation, then
 uvicorn stops accepting connections and gives requests in flight
-TASKWIRE_API_SHUTDOWN_GRACE_S to finish. A second signal skips the delay.
+TASKWIRE_API_SHUTDOWN_GRACE_S to finish. A second signal skips the delay. Task WebSockets
+(service/ws.py) are drained first: within the grace they push what they owe, then close
+with 1001 ("going away"), and their clients resume on another process.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from core.logging import configure_logging
 from core.settings import Settings
 from core.tracing import setup_tracing, shutdown_tracing
 from service.app import create_app
 from service.health import Lifecycle, lifecycle
+from service.ws import sockets_of
 
 
 class DrainingServer(uvicorn.Server):
@@ -40,6 +45,12 @@ class DrainingServer(uvicorn.Server):
             self._exit_at = time.monotonic() + self.delay_s  # on_tick ends the delay
             return
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.app
+        if isinstance(app, FastAPI):  # task sockets close with 1001, not uvicorn's 1012
+            await sockets_of(app).drain(self.config.timeout_graceful_shutdown or 0)
+        await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
@@ -62,6 +73,11 @@ def main() -> None:
         log_config=None,
         timeout_graceful_shutdown=settings.api_shutdown_grace_s,
         proxy_headers=False,
+        # Task WebSocket frames: the body limit (service/ws.py answers one byte over it,
+        # uvicorn closes bigger ones with 1009 unread); no per-message deflate, whose zlib
+        # state per socket would dwarf an idle socket's memory.
+        ws_max_size=settings.max_body_bytes + 1,
+        ws_per_message_deflate=False,
     )
     try:
         DrainingServer(config, lifecycle(app), settings.api_shutdown_delay_s).run()

@@ -52,6 +52,7 @@ from service.state import AppState
 from service.tasks_api import router as tasks_router
 from service.tasks_list import router as tasks_list_router
 from service.webhooks_api import router as webhooks_router
+from service.ws import router as socket_router
 
 log = structlog.get_logger("taskwire.service")
 
@@ -184,6 +185,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(tasks_list_router)
     app.include_router(admin_router)  # 404 unless TASKWIRE_ADMIN_TOKEN is set
+    app.include_router(socket_router)  # GET /v1 upgraded to the task WebSocket (service/ws.py)
     app.include_router(metrics_router)  # GET /metrics (service/metrics.py)
     configure_metrics(key_labels=settings.metrics_key_labels)
     app.include_router(openai_chat_router)  # OpenAI-compatible: /v1/chat/completions

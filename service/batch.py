@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,8 +100,12 @@ class Batch:
         deliveries: DeliveryStore | None = None,
         receive: Receive | None = None,
         shedder: LoadShedder | None = None,
+        answer_waiting: Callable[[Submitted], Awaitable[list[dict[str, Any]]]] | None = None,
     ):
         self.owner = owner
+        # A front door that pushes results itself (the WebSocket, service/ws.py) answers
+        # sync and async tasks with this instead of waiting here.
+        self.answer_waiting = answer_waiting
         self.settings = settings
         self.store = store
         self.hub = hub
@@ -243,7 +248,9 @@ class Batch:
     async def _answer(self, slot: Slot, submitted: Submitted, deadline: float) -> None:
         """The answerer of the task's delivery method."""
         method = submitted.task.deliveryMethod
-        if method == "stream":
+        if self.answer_waiting is not None and method != "stream":
+            slot.items.extend(await self.answer_waiting(submitted))
+        elif method == "stream":
             slot.stream = self.answers.stream(submitted)
         elif method == "sync":
             answer = await self.answers.sync(

@@ -1,0 +1,557 @@
+"""The task WebSocket: `GET /v1` upgraded, speaking the `POST /v1` envelope (Runware's SDK's
+default transport), with results pushed as they become final and sessions that resume.
+
+- The first frame authenticates (`[{"taskType":"authentication","apiKey":…}]`, optionally
+  with the `connectionSessionUUID` of a session to resume, and tasks after it); the answer
+  is `{"data":[{"taskType":"authentication","connectionSessionUUID":…}]}`. A bad key, or no
+  authentication within `ws_auth_timeout_s`, is an error frame and a close (1008).
+- Every later frame is a batch run exactly as `POST /v1` runs it (service/batch.py over
+  intake and answers: validation, idempotency, limits); its answers are one `{"data":[…]}`
+  frame and one `{"errors":[…]}` frame per task that failed, naming its taskUUID.
+- A textInference task submitted on the socket (sync or async) has each result pushed as
+  `{"data":[item]}` once it is final; an async task is first acknowledged (`processing`).
+  A stream task (alone in its frame) pushes its chunks, as the SSE stream renders them,
+  each as `{"data":[chunk]}` (a failed result as `{"errors":[…]}`).
+- The session (core/sessions.py) records the socket's outstanding tasks in Redis, so a
+  client that reconnects within `ws_session_window_s` with its connectionSessionUUID, to
+  any API process, is sent the results it missed, once, in the order they became final.
+
+Each socket's results come from the process's one EventHub (no Redis connection per
+socket). Frames wait in a per-socket queue of `ws_send_queue`; a client that lets it fill is
+closed (1008) and gets its results through getResponse or by resuming. A frame over
+`max_body_bytes` is refused and the socket closed (1009).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI, WebSocket
+from redis.exceptions import RedisError
+
+from core.contract import Final, ProcessingItem, ResultItem
+from core.errors import (
+    AuthenticationFailed,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TaskwireError,
+)
+from core.events import TaskEvents, stream_id_order
+from core.keys import TaskRef
+from core.protocol import AuthenticationTask, TaskErrors, canonical_uuid, parse_task
+from core.sessions import Outstanding, SessionStore
+from service.answers import Answers, StreamPlan
+from service.api import encode_json, parse_envelope
+from service.batch import Batch, Slot
+from service.delivery import confirmed
+from service.intake import Submitted
+from service.limits import check_reads
+from service.state import AppState
+from service.streaming import ChunkRenderer
+
+log = structlog.get_logger("taskwire.ws")
+router = APIRouter()
+
+POLICY = 1008  # authentication failed or missing, or the client reads too slowly
+TOO_BIG = 1009
+GOING_AWAY = 1001
+
+
+class SocketChunks(ChunkRenderer):
+    """The SSE stream's chunks as socket frames: `{"data":[chunk]}`, or `{"errors":[…]}`."""
+
+    @staticmethod
+    def _event(event_id: str, payload: dict[str, Any]) -> bytes:
+        return encode_json(payload if "errors" in payload else {"data": [payload]})
+
+
+class Sockets:
+    """The process's open task sockets, drained and closed (1001) on shutdown."""
+
+    def __init__(self) -> None:
+        self.open: set[Connection] = set()
+        self.draining = False
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking sockets, give the open ones up to `grace_s` to push what they owe,
+        then close them with 1001 (their clients resume elsewhere)."""
+        self.draining = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                for conn in list(self.open):
+                    await conn.quiet.wait()
+        await asyncio.gather(
+            *(
+                conn.close(GOING_AWAY, "going away: the server is shutting down")
+                for conn in list(self.open)
+            )
+        )
+
+
+def owed(task: Outstanding, pushed: set[int]) -> bool:
+    """Whether some result of the task was neither sent nor queued for sending yet."""
+    return any(
+        not task.was_sent(index) and index not in pushed for index in range(task.number_results)
+    )
+
+
+def sockets_of(app: FastAPI) -> Sockets:
+    found: Sockets | None = getattr(app.state, "sockets", None)
+    if found is None:
+        found = app.state.sockets = Sockets()
+    return found
+
+
+def http_base(websocket: WebSocket) -> str:
+    """The base URL links are built on: the socket's, with its http(s) scheme."""
+    base = str(websocket.base_url)
+    return "http" + base[2:] if base.startswith("ws") else base
+
+
+@router.websocket("/v1")
+@router.websocket("/v1/")
+async def task_socket(websocket: WebSocket) -> None:
+    sockets = sockets_of(websocket.app)
+    conn = Connection(websocket, websocket.app.state.taskwire, sockets)
+    sockets.open.add(conn)
+    try:
+        await conn.run()
+    finally:
+        sockets.open.discard(conn)
+        await conn.finish()
+
+
+class Connection:
+    """One authenticated task socket."""
+
+    def __init__(self, websocket: WebSocket, state: AppState, sockets: Sockets):
+        self.ws = websocket
+        self.state = state
+        self.settings = state.settings
+        self.sockets = sockets
+        self.owner = ""
+        self.session = ""
+        self.sessions = SessionStore(
+            state.redis, state.store.keys, state.settings.ws_session_window_s
+        )
+        self.answers: Answers | None = None
+        self.outbox: asyncio.Queue[tuple[bytes, Callable[[], None] | None]] = asyncio.Queue(
+            state.settings.ws_send_queue
+        )
+        self.tracked: dict[str, Outstanding] = {}  # by canonical taskUUID
+        self.watchers: dict[str, asyncio.Task[None]] = {}
+        self.background: set[asyncio.Task[None]] = set()  # frames being answered
+        self.pumps: set[asyncio.Task[None]] = set()  # stream tasks' chunks
+        self.frames = asyncio.Semaphore(state.settings.ws_frames_in_flight)
+        self.closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self._dirty: dict[str, Outstanding | None] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        # Set while nothing is owed to the client (what draining waits for).
+        self.quiet = asyncio.Event()
+        self.quiet.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing owed to the client: no outstanding task, no frame waiting to go."""
+        return not self.tracked and self.outbox.empty() and not self.background and not self.pumps
+
+    # --- the socket's life
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        if self.sockets.draining:
+            await self.close(GOING_AWAY, "going away: the server is shutting down")
+            return
+        rest = await self._authenticate()
+        if rest is None:
+            return
+        if rest:
+            await self._read_frame(b"", rest)
+        while not self.closing:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            body = message.get("bytes") or (message.get("text") or "").encode()
+            if len(body) > self.settings.max_body_bytes:
+                error = PayloadTooLarge(
+                    f"The frame is over the {self.settings.max_body_bytes}-byte limit."
+                )
+                await self._send_now({"errors": [error.to_item()]})
+                await self.close(TOO_BIG, "frame too large")
+                break
+            await self._read_frame(body)
+
+    async def _read_frame(self, body: bytes, tasks: list[Any] | None = None) -> None:
+        await self.frames.acquire()  # past the cap, the socket is read no further
+        self._spawn(self._frame(body, tasks))
+
+    async def finish(self) -> None:
+        """After the socket closed: let frames being answered settle (their tasks join the
+        session), stop pushing, record the session and restart its window."""
+        self.closing = True
+        if self.background:
+            await asyncio.wait(list(self.background), timeout=5)
+        for task in [*self.watchers.values(), *self.background, *self.pumps]:
+            task.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self.session:
+            with contextlib.suppress(RedisError, OSError):
+                if self._dirty:
+                    await self.sessions.write(self.session, self.owner, self._dirty)
+                await self.sessions.touch(self.session)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self._writer is not None:
+            self._writer.cancel()
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+    # --- authentication and resume
+
+    async def _authenticate(self) -> list[Any] | None:
+        """Authenticate from the first frame; the tasks that came after the authentication
+        task, or None when the socket was refused (and closed)."""
+        timeout = self.settings.ws_auth_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                message = await self.ws.receive()
+        except TimeoutError:
+            await self._refuse(
+                AuthenticationFailed(
+                    f"No authentication within {timeout:g} s: the first frame must be "
+                    '[{"taskType":"authentication","apiKey":"…"}].',
+                    code="missingApiKey",
+                ),
+                "authentication timeout",
+            )
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        body = message.get("bytes") or (message.get("text") or "").encode()
+        try:
+            if len(body) > self.settings.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"The frame is over the {self.settings.max_body_bytes}-byte limit."
+                )
+            tasks = parse_envelope(body)
+            first = tasks[0]
+            if not isinstance(first, dict) or first.get("taskType") != "authentication":
+                raise AuthenticationFailed(
+                    'The first frame must authenticate: [{"taskType":"authentication",'
+                    '"apiKey":"…"}].',
+                    code="missingApiKey",
+                    parameter="apiKey",
+                )
+            first = dict(first)
+            resume = first.pop("connectionSessionUUID", None)
+            try:
+                auth = parse_task(first)
+            except TaskErrors as exc:
+                raise exc.errors[0] from None
+            assert isinstance(auth, AuthenticationTask)
+            self.owner = self.state.keyring.authenticate(auth.apiKey)
+            self.answers = Answers(
+                owner=self.owner,
+                store=self.state.store,
+                tokens=self.state.tokens,
+                base_url=http_base(self.ws),
+            )
+            missed = await self._session(resume if isinstance(resume, str) else None)
+        except TaskwireError as exc:
+            await self._refuse(exc, "authentication failed")
+            return None
+        except (RedisError, OSError):
+            await self._refuse(
+                ServiceUnavailable("Task storage is unavailable; try again shortly."),
+                "storage unavailable",
+            )
+            return None
+        await self._send_now(
+            {"data": [{"taskType": "authentication", "connectionSessionUUID": self.session}]}
+        )
+        if missed:
+            self._resume(*missed)
+        return tasks[1:]
+
+    async def _refuse(self, error: TaskwireError, reason: str) -> None:
+        code = TOO_BIG if isinstance(error, PayloadTooLarge) else POLICY
+        await self._send_now({"errors": [error.to_item()]})
+        await self.close(code, reason)
+
+    async def _session(
+        self, resume: str | None
+    ) -> tuple[dict[str, Outstanding], dict[str, list[tuple[str, int, ResultItem]]]] | None:
+        """Take over the session named `resume` if it is this key's and still kept (its
+        outstanding tasks, and the results of theirs stored since), else start a new one."""
+        if resume:
+            owner, tasks = await self.sessions.load(resume)
+            if owner == self.owner:
+                self.session = resume
+                return tasks, await self._stored_finals(tasks)
+        self.session = str(uuid.uuid4())
+        return None
+
+    async def _stored_finals(
+        self, tasks: dict[str, Outstanding]
+    ) -> dict[str, list[tuple[str, int, ResultItem]]]:
+        """Per task, its final events stored so far: (event id, index, item)."""
+        store = self.state.store
+        keys = list(tasks)
+        events = await asyncio.gather(
+            *(store.read_events(TaskRef(self.owner, key)) for key in keys)
+        )
+        found: dict[str, list[tuple[str, int, ResultItem]]] = {}
+        for key, stored in zip(keys, events, strict=True):
+            found[key] = [
+                (event_id, body.index, body.item)
+                for event_id, body in stored
+                if isinstance(body, Final)
+            ]
+        return found
+
+    def _resume(
+        self,
+        tasks: dict[str, Outstanding],
+        finals: dict[str, list[tuple[str, int, ResultItem]]],
+    ) -> None:
+        """Send what the session missed, in the order it became final; follow the rest."""
+        missed: list[tuple[tuple[int, int], str, int, ResultItem]] = []
+        pushed: dict[str, set[int]] = {key: set() for key in tasks}
+        for key, task in tasks.items():
+            self.tracked[key] = task
+            for event_id, index, item in finals.get(key, []):
+                if (
+                    0 <= index < task.number_results
+                    and not task.was_sent(index)
+                    and index not in pushed[key]
+                ):
+                    pushed[key].add(index)
+                    missed.append((stream_id_order(event_id), key, index, item))
+        missed.sort(key=lambda entry: entry[0])
+        for _order, key, _index, item in missed:
+            self._push_result(key, tasks[key], item)
+        for key, task in tasks.items():
+            last = max((f[0] for f in finals.get(key, [])), key=stream_id_order, default="0-0")
+            if owed(task, pushed[key]):
+                self._watch(key, last, pushed[key])
+        log.info("ws.resumed", session=self.session, tasks=len(tasks), missed=len(missed))
+
+    # --- frames
+
+    async def _frame(self, body: bytes, tasks: list[Any] | None) -> None:
+        try:
+            if tasks is None:
+                tasks = parse_envelope(body)
+            await check_reads(self.state.read_bucket, self.owner, tasks)
+            batch = Batch(
+                owner=self.owner,
+                settings=self.settings,
+                catalog=self.state.catalog,
+                store=self.state.store,
+                hub=self.state.hub,
+                tokens=self.state.tokens,
+                outbound=self.state.outbound,
+                images=self.state.images,
+                base_url=http_base(self.ws),
+                deliveries=self.state.deliveries,
+                shedder=self.state.shedder,
+                answer_waiting=self._answer_waiting,
+            )
+            slots = await batch.run(tasks)
+        except TaskwireError as exc:
+            self._refused(tasks or [], exc)
+        except (RedisError, OSError):
+            error = ServiceUnavailable("Task storage is unavailable; try again shortly.")
+            self._refused(tasks or [], error)
+        else:
+            self._answer(slots)
+
+    def _refused(self, tasks: list[Any], error: TaskwireError) -> None:
+        """A frame refused as a whole: one error frame per task, naming it."""
+        scopes = [Slot(raw).scope() for raw in tasks] or [{}]
+        for scope in scopes:
+            self.push(encode_json({"errors": [error.to_item(**scope)]}))
+
+    def _answer(self, slots: list[Slot]) -> None:
+        data = [item for slot in slots for item in slot.items]
+        if data:
+            self.push(encode_json({"data": data}))
+        for slot in slots:
+            if slot.errors:
+                items = [error.to_item(**slot.scope()) for error in slot.errors]
+                self.push(encode_json({"errors": items}))
+            if slot.stream is not None:
+                pump = asyncio.create_task(self._pump(slot.stream))
+                self.pumps.add(pump)
+                pump.add_done_callback(self._pump_done)
+
+    async def _answer_waiting(self, submitted: Submitted) -> list[dict[str, Any]]:
+        """A sync or async task submitted on the socket: its results will be pushed; an
+        async one is acknowledged now."""
+        task = submitted.task
+        self.track(task.taskUUID, task.numberResults)
+        if task.deliveryMethod == "async":
+            assert self.answers is not None
+            return [
+                {**ProcessingItem(task.taskUUID).to_wire(), **self.answers.links(task.taskUUID)}
+            ]
+        return []
+
+    def _pump_done(self, pump: asyncio.Task[None]) -> None:
+        self.pumps.discard(pump)
+        self._note()
+
+    async def _pump(self, plan: StreamPlan) -> None:
+        """A stream task's chunks, pushed as they come, until every result is final."""
+        renderer = SocketChunks(plan.renderer.task_uuid, plan.renderer.number_results)
+        plan.renderer = renderer  # what the stream's cleanup looks at (cancelOnDisconnect)
+        try:
+            while not renderer.done:
+                frame = renderer.render(await plan.events.next())
+                if frame is not None:
+                    self.push(frame)
+        finally:
+            if plan.cleanup is not None:
+                await plan.cleanup.aclose()
+
+    # --- pushing results
+
+    def track(self, spelled: str, number_results: int) -> None:
+        """Push the task's results as they become final (once per socket)."""
+        key = canonical_uuid(spelled)
+        if key in self.tracked:
+            return
+        task = Outstanding(spelled, number_results)
+        self.tracked[key] = task
+        self._changed(key, task)
+        self._watch(key, "0-0", set())
+
+    def _watch(self, key: str, after: str, pushed: set[int]) -> None:
+        watcher = asyncio.create_task(self._follow(key, after, pushed))
+        self.watchers[key] = watcher
+
+    async def _follow(self, key: str, after: str, pushed: set[int]) -> None:
+        task = self.tracked[key]
+        ref = TaskRef(self.owner, key)
+        store = self.state.store
+        try:
+            async with self.state.hub.subscribe(store.keys.events(ref)) as sub:
+                await confirmed(sub)
+                events = TaskEvents(sub, store, ref, after)
+                while owed(task, pushed):
+                    body = (await events.next()).body
+                    if (
+                        isinstance(body, Final)
+                        and 0 <= body.index < task.number_results
+                        and not task.was_sent(body.index)
+                        and body.index not in pushed
+                    ):
+                        pushed.add(body.index)
+                        self._push_result(key, task, body.item)
+        except (TaskwireError, RedisError, OSError) as exc:
+            log.warning("ws.follow_failed", error=type(exc).__name__, session=self.session)
+        finally:
+            if self.watchers.get(key) is asyncio.current_task():
+                del self.watchers[key]
+
+    def _push_result(self, key: str, task: Outstanding, item: ResultItem) -> None:
+        wire = {**item.to_wire(), "taskUUID": task.spelled}
+        index = item.index
+
+        def sent() -> None:
+            task.sent |= 1 << index
+            if task.complete:
+                self.tracked.pop(key, None)
+                self._changed(key, None)
+            else:
+                self._changed(key, task)
+
+        self.push(encode_json({"data": [wire]}), sent)
+
+    def push(self, frame: bytes, on_sent: Callable[[], None] | None = None) -> None:
+        """Queue a frame for the client; a client that lets the queue fill is closed."""
+        if self.closing:
+            return
+        try:
+            self.outbox.put_nowait((frame, on_sent))
+        except asyncio.QueueFull:
+            log.warning("ws.slow_reader", session=self.session, queued=self.outbox.qsize())
+            self._closer = asyncio.create_task(
+                self.close(
+                    POLICY,
+                    "send queue full: the client reads too slowly; resume the session or "
+                    "use getResponse",
+                )
+            )
+            return
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        while True:
+            frame, on_sent = await self.outbox.get()
+            try:
+                await self.ws.send_text(frame.decode())
+            except Exception:  # the socket is gone: the reader sees the disconnect
+                self.closing = True
+                return
+            if on_sent is not None:
+                on_sent()
+            self._note()
+
+    def _note(self) -> None:
+        if self.idle:
+            self.quiet.set()
+        else:
+            self.quiet.clear()
+
+    async def _send_now(self, body: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.send_text(encode_json(body).decode())
+
+    # --- the session record
+
+    def _changed(self, key: str, task: Outstanding | None) -> None:
+        self._dirty[key] = task
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Write the session's changes, coalescing those made while a write is on its way."""
+        while self._dirty:
+            changes, self._dirty = self._dirty, {}
+            try:
+                await self.sessions.write(self.session, self.owner, changes)
+            except (RedisError, OSError) as exc:
+                log.warning("ws.session_write_failed", error=type(exc).__name__)
+                return
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Answer a frame in the background (holding one of the socket's frame slots)."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        self.quiet.clear()
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self.background.discard(finished)
+            self.frames.release()
+            self._note()
+
+        task.add_done_callback(done)
+
+
+__all__ = ["Connection", "Sockets", "router", "sockets_of"]
