@@ -3,6 +3,7 @@ loudly here, naming what moved, instead of somewhere deep in a worker at run tim
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 import arq
@@ -67,11 +68,14 @@ def test_the_worker_methods_the_seam_overrides_or_calls_keep_their_signatures() 
         assert name in init, f"arq.Worker() no longer takes {name}"
 
 
-def test_the_worker_state_the_seam_reads_is_still_there() -> None:
+async def test_the_worker_state_the_seam_reads_is_still_there() -> None:
+    # built inside a running loop: arq takes that loop (outside one it would make its own,
+    # never closed, and leak its sockets)
     async def noop(ctx: dict[str, object]) -> None:
         return None
 
     worker = Worker(functions=[noop], redis_pool=object(), ctx={"x": 1})  # type: ignore[arg-type]
+    assert worker.loop is asyncio.get_running_loop()
     for attribute in ("tasks", "job_counter", "allow_pick_jobs", "ctx", "max_jobs", "_pool"):
         assert hasattr(worker, attribute), f"arq.Worker has no {attribute} any more"
     assert worker.ctx["x"] == 1
