@@ -34,7 +34,7 @@ class Keys:
         self.task_head = f"{prefix}:task:{{"
         # The scheduler's keys (core/scheduler.py) all start with this; its Lua scripts
         # build the rest: ready:<class>:<owner>, tenants:<class>, delayed, leases, running,
-        # blocked:<kind>, depth, queued, vt, sched.
+        # blocked:<kind>, depth, queued, vt, tag:<class>, sched, started.
         self.queue_prefix = f"{prefix}:q:"
         # Per-tenant settings the scheduler and limits read (weight, max_r, max_h, ...).
         self.tenant_prefix = f"{prefix}:tenant:"

@@ -54,7 +54,18 @@ local function vt_of(c) return redis.call('HGET', QP .. 'vt', c) or '0' end
 -- a tenant with ready work in class c joins the class's index (unless it is at its limit)
 local function activate(c, o)
   if redis.call('SISMEMBER', QP .. 'blocked:' .. kind_of(c), o) == 0 then
-    redis.call('ZADD', QP .. 'tenants:' .. c, 'NX', vt_of(c), o)
+    -- a tenant joins at the class's virtual time, or later if it was served recently: its
+    -- finish tag (pass + 1/weight when last served) is remembered even when its line
+    -- emptied, so draining and refilling a line never earns an earlier turn
+    local vt = tonumber(vt_of(c))
+    local tag = tonumber(redis.call('HGET', QP .. 'tag:' .. c, o) or '0')
+    local start = vt
+    if tag > vt then
+      start = tag
+    elseif tag > 0 then
+      redis.call('HDEL', QP .. 'tag:' .. c, o)
+    end
+    redis.call('ZADD', QP .. 'tenants:' .. c, 'NX', start, o)
   end
 end
 
@@ -208,6 +219,9 @@ local taken = 0
 local tries = 0
 while taken < limit and tries < limit * 4 + 64 do
   tries = tries + 1
+  -- a turn that takes no job (a stale or parked tenant) does not count against the shares
+  local credit_before, side_before = credit, side
+  local took = false
   local c = choose_class()
   if not c then break end
   local index = QP .. 'tenants:' .. c
@@ -229,12 +243,18 @@ while taken < limit and tries < limit * 4 + 64 do
     redis.call('HINCRBY', QP .. 'depth', c, -1)
     if c ~= 'h' then redis.call('HINCRBY', QP .. 'queued', o, -1) end
     redis.call('HSET', QP .. 'vt', c, pass)
+    local tag = pass + 1 / tenant_value(o, 'weight', defaults.weight)
+    redis.call('HSET', QP .. 'tag:' .. c, o, tag)
     if redis.call('EXISTS', line) == 1 then
-      redis.call('ZADD', index, pass + 1 / tenant_value(o, 'weight', defaults.weight), o)
+      redis.call('ZADD', index, tag, o)
     else
       redis.call('ZREM', index, o)
     end
-    if redis.call('SET', inprog .. job, '1', 'NX', 'PX', lease) then
+    if redis.call('SET', inprog .. job, '1', 'NX', 'PX', lease) == false then
+      -- an earlier run of this job id still holds it: look again when that lease ends
+      redis.call('ZADD', QP .. 'delayed', now + lease, c .. '|' .. job)
+    else
+      took = true
       local member = c .. '|' .. job
       redis.call('ZADD', QP .. 'leases', now + lease, member)
       redis.call('HINCRBY', QP .. 'running', kind .. ':' .. o, 1)
@@ -251,6 +271,7 @@ while taken < limit and tries < limit * 4 + 64 do
       end
     end
   end
+  if not took then credit, side = credit_before, side_before end
 end
 redis.call('HSET', QP .. 'sched', 'credit', tostring(credit), 'side', side)
 -- jobs started, by class, ever: the API reads the rate at which interactive work starts

@@ -229,6 +229,7 @@ _FINISH = (
     + RECORD_FINAL
     + """
 settle(ARGV[9], ARGV[8], ARGV[10])
+unqueue(ARGV[9], ARGV[8])  -- a copy re-queued after this run's lease lapsed has no work left
 redis.call('DEL', KEYS[3], KEYS[4])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local recorded = record_final(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],

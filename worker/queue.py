@@ -194,15 +194,20 @@ class QueueWorker(Worker):
         if self._cancels_heard.pop(job_id, None) is not None:
             claim.stop.request(TASK_CANCELLED)
         task = self.loop.create_task(self.run_job(job_id, now_ms()))
-        task.add_done_callback(lambda _task: self._job_done(job_id))
+        task.add_done_callback(lambda _task: self._job_done(job_id, claim))
         worker_metrics.job_started(job.job_class)
         task.add_done_callback(lambda _task: worker_metrics.job_ended(job.job_class))
         self.tasks[job_id] = task
 
-    def _job_done(self, job_id: str) -> None:
+    def _job_done(self, job_id: str, claim: Claim) -> None:
         self.job_counter -= 1
-        self.claims.pop(job_id, None)
-        self.contexts.pop(job_id, None)
+        # the same job id may have been claimed again here (after a lapsed lease): forget
+        # only this run's state
+        if self.claims.get(job_id) is claim:
+            del self.claims[job_id]
+        context = self.contexts.get(job_id)
+        if context is not None and context.claim is claim:
+            del self.contexts[job_id]
         if self._saturated and self._wake is not None:
             self._wake.set()
 

@@ -186,3 +186,35 @@ async def test_idle_tenants_leave_the_index(redis_async: aioredis.Redis) -> None
     await flood(sched, BATCH, "bbbb", 5, start=100)
     owners = await claim_owners(sched, 4)
     assert collections.Counter(owners) == {"aaaa": 2, "bbbb": 2}
+
+
+async def test_a_key_that_drains_its_line_each_turn_does_not_jump_the_queue(
+    redis_async: aioredis.Redis,
+) -> None:
+    # one key keeps exactly one job waiting (refilled whenever its line is empty, between
+    # claims); it must still alternate with a backlogged key, not take every turn
+    sched = scheduler(redis_async)
+    await flood(sched, BATCH, "bbbb", 50)
+    served = []
+    for n in range(20):
+        if await redis_async.zcard(KEYS.queue_prefix + "ready:b:zzzz") == 0:
+            await sched.enqueue([(BATCH, f"zzzz:one{n}:0", None)])
+        claimed, _ = await sched.claim(1)
+        served.append(claimed[0].job_id.split(":")[0])
+    assert collections.Counter(served)["bbbb"] >= 9, served
+
+
+async def test_a_low_weight_key_cannot_dodge_its_weight_by_draining(
+    redis_async: aioredis.Redis,
+) -> None:
+    sched = scheduler(redis_async)
+    await redis_async.hset(KEYS.tenant_prefix + "aaaa", "weight", 0.1)  # type: ignore[misc]
+    await flood(sched, BATCH, "bbbb", 100)
+    served = []
+    for n in range(22):
+        if await redis_async.zcard(KEYS.queue_prefix + "ready:b:aaaa") == 0:
+            await sched.enqueue([(BATCH, f"aaaa:one{n}:0", None)])
+        claimed, _ = await sched.claim(1)
+        served.append(claimed[0].job_id.split(":")[0])
+    counts = collections.Counter(served)
+    assert counts["aaaa"] <= 3, served  # about 1 in 11 turns at weight 0.1 against 1
