@@ -44,6 +44,13 @@ from service.limits import apply_key_limits, override_owners
 from service.metrics import configure as configure_metrics
 from service.metrics import router as metrics_router
 from service.openai_chat import router as openai_chat_router
+from service.openai_common import (
+    OpenAIError,
+    error_type,
+    from_taskwire,
+    is_openai_path,
+    snake,
+)
 from service.openai_responses import router as openai_responses_router
 from service.origin import PublicOrigin, TrustedProxies
 from service.pages import router as pages_router
@@ -201,28 +208,45 @@ def create_app(settings: Settings) -> FastAPI:
         return json_response({"status": "ok"}, 200)
 
     @app.exception_handler(TaskwireError)
-    async def taskwire_error(_request: Request, exc: TaskwireError) -> Response:
+    async def taskwire_error(request: Request, exc: TaskwireError) -> Response:
+        if is_openai_path(request.url.path):
+            return from_taskwire(exc).response()
         return error_response(exc)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         codes = {404: "notFound", 405: "methodNotAllowed"}
         error = TaskwireError(str(exc.detail), code=codes.get(exc.status_code, "invalidRequest"))
-        response = json_response({"errors": [error.to_item()]}, exc.status_code)
+        if is_openai_path(request.url.path):
+            response = OpenAIError(
+                error.message,
+                status=exc.status_code,
+                kind=error_type(exc.status_code),
+                code=snake(error.code),
+            ).response()
+        else:
+            response = json_response({"errors": [error.to_item()]}, exc.status_code)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
-        errors = [request_error(error).to_item() for error in exc.errors()]
-        return json_response({"errors": errors}, InvalidRequest.status)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = [request_error(error) for error in exc.errors()]
+        if is_openai_path(request.url.path) and errors:
+            return from_taskwire(errors[0]).response()
+        return json_response({"errors": [e.to_item() for e in errors]}, InvalidRequest.status)
 
     @app.exception_handler(Exception)
-    async def internal_error(_request: Request, exc: Exception) -> Response:
-        # A bug, not the client's doing: still the protocol's JSON shape (and logged).
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # A bug, not the client's doing: still the door's JSON shape (and logged).
         log.error("service.internal_error", exc_info=exc)
-        error = TaskwireError("taskwire failed on this request; it has been logged.")
+        message = "taskwire failed on this request; it has been logged."
+        if is_openai_path(request.url.path):
+            return OpenAIError(
+                message, status=500, kind="server_error", code="internal_error"
+            ).response()
+        error = TaskwireError(message)
         return json_response({"errors": [{**error.to_item(), "code": "internalError"}]}, 500)
 
     return app

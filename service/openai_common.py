@@ -77,6 +77,15 @@ class OpenAIError(Exception):
         return json_answer(self.body(), self.status, extra)
 
 
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/responses")
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether a request is to the OpenAI-compatible door (its errors take OpenAI's shape,
+    whoever raises them: a wrong method, a bad path parameter, a bug)."""
+    return path.startswith(OPENAI_PATHS)
+
+
 def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         encode_json(body), status_code=status, media_type="application/json", headers=headers

@@ -410,3 +410,21 @@ def test_response_errors(client: OpenAI) -> None:
     assert client.responses.create(model=MODEL, input="idem", extra_headers=key).id == first.id
     with pytest.raises(openai.ConflictError):
         client.responses.create(model=MODEL, input="other", extra_headers=key)
+
+
+def test_errors_from_the_framework_take_openais_shape_on_its_paths(stack: Stack) -> None:
+    import httpx
+
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    # a wrong method (405) and a bad path (404) on the OpenAI door: OpenAI's error shape
+    for method, path, status in (
+        ("GET", "/v1/chat/completions", 405),
+        ("DELETE", "/v1/responses", 405),
+    ):
+        answer = httpx.request(method, f"{stack.api_url}{path}", headers=auth, timeout=10)
+        assert answer.status_code == status
+        error = answer.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    # the Runware door keeps its own shape
+    answer = httpx.get(f"{stack.api_url}/v1/webhooks/secret/rotate", headers=auth, timeout=10)
+    assert answer.status_code == 405 and "errors" in answer.json()
