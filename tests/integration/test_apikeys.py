@@ -17,19 +17,11 @@ from core.errors import AuthenticationFailed
 from core.events import EventHub
 from core.keys import Keys
 from core.settings import Settings
-from devenv.redis import RedisServer
 from service.auth import KeyRing, KeyRingSync, key_digest, owner_id
 from service.limits import apply_key_limits
 
 KEYS = Keys("tw", "tw:queue")
 ENV_KEY = "tw-env-key-0123456789"
-
-
-@pytest.fixture
-async def redis_async(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,17 +19,9 @@ from core.errors import TASK_CANCELLED
 from core.keys import ARQ_JOB_PREFIX, ARQ_RETRY_PREFIX, Keys, TaskRef
 from core.scheduler import HOOK, Fairness, Scheduler
 from core.store import NewTask, TaskRecord, TaskStore
-from devenv.redis import RedisServer
 
 KEYS = Keys("tw", "tw:queue")
 OWNER = "aaaa"
-
-
-@pytest.fixture
-async def redis_async(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

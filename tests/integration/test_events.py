@@ -13,14 +13,6 @@ from core.contract import Delta
 from core.events import RESYNC, Event, EventHub, follow
 from core.keys import Keys, TaskRef
 from core.store import TaskStore
-from devenv.redis import RedisServer
-
-
-@pytest.fixture
-async def redis_async(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

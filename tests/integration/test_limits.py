@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as aioredis
 
 from core.keys import Keys, TaskRef
@@ -17,13 +15,6 @@ from devenv.redis import RedisServer
 
 KEYS = Keys("tw", "tw:queue")
 SLOW = 0.001  # tokens a second: nothing refills during a test
-
-
-@pytest.fixture
-async def redis_async(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def store(

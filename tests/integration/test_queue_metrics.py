@@ -3,25 +3,14 @@ scheduler's own keys, and exported by one process at a time (the lock, its hando
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.keys import Keys
 from core.metrics import QueueExporter, read_queue
 from core.scheduler import BATCH, HOOK, INTERACTIVE, Fairness, Scheduler, now_ms
-from devenv.redis import RedisServer
 
 KEYS = Keys("tw", "tw:queue")
-
-
-@pytest.fixture
-async def redis_async(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 class Clock:

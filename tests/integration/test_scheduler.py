@@ -5,23 +5,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as aioredis
 
 from core.keys import Keys
 from core.scheduler import BATCH, HOOK, INTERACTIVE, Fairness, Scheduler
-from devenv.redis import RedisServer
 
 KEYS = Keys("tw", "tw:queue")
-
-
-@pytest.fixture
-async def redis_async(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def scheduler(redis: aioredis.Redis, lease_s: float = 30.0, **fairness: float) -> Scheduler:

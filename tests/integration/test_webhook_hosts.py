@@ -7,26 +7,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as aioredis
 
 from core.deliveries import DeliveryState, DeliveryStore
 from core.keys import Keys, TaskRef
 from core.scheduler import HOOK, Fairness, Scheduler, member
-from devenv.redis import RedisServer
 
 KEYS = Keys("tw", "tw:queue")
 OWNER = "aaaa"
 HOST = "hooks.example"
-
-
-@pytest.fixture
-async def redis_async(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 async def running_deliveries(redis: aioredis.Redis, count: int) -> list[TaskRef]:
