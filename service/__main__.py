@@ -8,7 +8,8 @@ serving for TASKWIRE_API_SHUTDOWN_DELAY_S so load balancers take it out of rotat
 uvicorn stops accepting connections and gives requests in flight
 TASKWIRE_API_SHUTDOWN_GRACE_S to finish. A second signal skips the delay. Task WebSockets
 (service/ws.py) are drained first: within the grace they push what they owe, then close
-with 1001 ("going away"), and their clients resume on another process.
+with 1001 ("going away"), and their clients resume on another process. The process then
+exits 0.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class DrainingServer(uvicorn.Server):
         if isinstance(app, FastAPI):  # task sockets close with 1001, not uvicorn's 1012
             await sockets_of(app).drain(self.config.timeout_graceful_shutdown or 0)
         await super().shutdown(sockets)
+        # Shut down as asked: exit 0, rather than uvicorn raising the captured signal again
+        # once its handlers are restored (the process would then die of it: -15, or 143).
+        self._captured_signals.clear()
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
