@@ -15,6 +15,8 @@ default transport), with results pushed as they become final and sessions that r
 - The session (core/sessions.py) records the socket's outstanding tasks in Redis, so a
   client that reconnects within `ws_session_window_s` with its connectionSessionUUID, to
   any API process, is sent the results it missed, once, in the order they became final.
+- A socket that closes (other than for a server shutdown) cancels its sync and stream tasks
+  still running that asked for `cancelOnDisconnect`, as the HTTP path does.
 
 Each socket's results come from the process's one EventHub (no Redis connection per
 socket). Frames wait in a per-socket queue of `ws_send_queue`; a client that lets it fill is
@@ -48,6 +50,7 @@ from core.sessions import Outstanding, SessionStore
 from service.answers import Answers, StreamPlan
 from service.api import encode_json, parse_envelope
 from service.batch import Batch, Slot
+from service.cancel import TaskCancels, in_background
 from service.delivery import confirmed
 from service.intake import Submitted
 from service.limits import check_reads
@@ -144,6 +147,8 @@ class Connection:
             state.settings.ws_send_queue
         )
         self.tracked: dict[str, Outstanding] = {}  # by canonical taskUUID
+        # sync tasks sent here with cancelOnDisconnect: cancelled if the socket closes first
+        self.cancel_on_close: dict[str, TaskRef] = {}  # by canonical taskUUID
         self.watchers: dict[str, asyncio.Task[None]] = {}
         self.background: set[asyncio.Task[None]] = set()  # frames being answered
         self.pumps: set[asyncio.Task[None]] = set()  # stream tasks' chunks
@@ -198,6 +203,7 @@ class Connection:
         self.closing = True
         if self.background:
             await asyncio.wait(list(self.background), timeout=5)
+        self._cancel_on_close()
         for task in [*self.watchers.values(), *self.background, *self.pumps]:
             task.cancel()
         if self._writer is not None:
@@ -210,6 +216,19 @@ class Connection:
                 if self._dirty:
                     await self.sessions.write(self.session, self.owner, self._dirty)
                 await self.sessions.touch(self.session)
+
+    def _cancel_on_close(self) -> None:
+        """The socket closed (not for a server shutdown, whose clients resume elsewhere):
+        cancel its sync tasks still owed that asked for cancelOnDisconnect (its stream
+        tasks' cancel is their pump's cleanup)."""
+        if self.sockets.draining:
+            return
+        owed_refs = [ref for key, ref in self.cancel_on_close.items() if key in self.tracked]
+        if not owed_refs:
+            return
+        cancels = TaskCancels(self.state.store, self.state.hub, self.state.deliveries)
+        for ref in owed_refs:
+            in_background(cancels.on_disconnect(ref))
 
     async def close(self, code: int, reason: str) -> None:
         if self.closing:
@@ -404,6 +423,8 @@ class Connection:
         async one is acknowledged now."""
         task = submitted.task
         self.track(task.taskUUID, task.numberResults)
+        if task.deliveryMethod == "sync" and task.cancelOnDisconnect:
+            self.cancel_on_close[canonical_uuid(task.taskUUID)] = submitted.ref
         if task.deliveryMethod == "async":
             assert self.answers is not None
             return [
@@ -425,6 +446,8 @@ class Connection:
                 if frame is not None:
                     self.push(frame)
         finally:
+            if self.sockets.draining:  # a server shutdown: the client resumes elsewhere
+                plan.cancel_on_disconnect = None
             if plan.cleanup is not None:
                 await plan.cleanup.aclose()
 

@@ -1,7 +1,8 @@
 """The task WebSocket's edges with a raw `websockets` client: authentication (none, bad,
 late), bad and oversize frames, ping, getResponse and errors naming their taskUUID, a
-session resumed on another API process with each missed result once and in order, and a
-slow reader closed (1008) with its results still in getResponse."""
+session resumed on another API process with each missed result once and in order, a
+slow reader closed (1008) with its results still in getResponse, and cancelOnDisconnect
+(a socket closing cancels its sync and stream tasks that asked)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from devenv.procs import wait_until
 from devenv.stack import Stack, StackConfig
 from tests.conftest import KEY_A, KEY_B, TEST_SETTINGS, Api, text_task, write_catalog
 
@@ -225,3 +227,48 @@ async def test_a_slow_reader_is_closed(edges: Stack, tmp_path: Path) -> None:
         assert api.get_response(task["taskUUID"]).status_code == 200
     finally:
         api.close()
+
+
+def error_codes(items: list[dict[str, Any]]) -> list[str | None]:
+    return [item.get("error", {}).get("code") for item in items]
+
+
+@pytest.mark.parametrize("opted_in", [True, False])
+async def test_a_sync_socket_closing(edges: Stack, opted_in: bool) -> None:
+    task = text_task(
+        "ws leaving sync [[sim:tokens=20,tps=10]]",
+        deliveryMethod="sync",
+        cancelOnDisconnect=opted_in,
+    )
+    api = Api(edges)
+    try:
+        async with websockets.connect(url(edges.api_url), compression=None) as ws:
+            await authenticate(ws)
+            await ws.send(json.dumps([task]))
+            # the task is in (getResponse knows it) before the client goes away
+            stored = lambda: api.get_response(task["taskUUID"]).status_code == 200  # noqa: E731
+            await asyncio.to_thread(wait_until, stored, 10, "the task to be stored")
+        items = await asyncio.to_thread(api.wait_final, task["taskUUID"], 10)
+    finally:
+        api.close()
+    assert error_codes(items) == (["taskCancelled"] if opted_in else [None])
+
+
+@pytest.mark.parametrize("opted_in", [True, False])
+async def test_a_stream_socket_closing(edges: Stack, opted_in: bool) -> None:
+    task = text_task(
+        "ws leaving stream [[sim:tokens=20,tps=10]]",
+        deliveryMethod="stream",
+        cancelOnDisconnect=opted_in,
+    )
+    async with websockets.connect(url(edges.api_url), compression=None) as ws:
+        await authenticate(ws)
+        await ws.send(json.dumps([task]))
+        [chunk] = (await frame(ws))["data"]  # the first delta: then the client goes away
+        assert chunk["taskUUID"] == task["taskUUID"] and "finishReason" not in chunk
+    api = Api(edges)
+    try:
+        items = await asyncio.to_thread(api.wait_final, task["taskUUID"], 10)
+    finally:
+        api.close()
+    assert error_codes(items) == (["taskCancelled"] if opted_in else [None])

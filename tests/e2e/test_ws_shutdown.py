@@ -22,7 +22,13 @@ async def test_sigterm_pushes_what_is_owed_then_closes_1001(make_stack: StackFac
     stack = make_stack()
     api = stack.api
     assert api is not None and api.popen is not None
-    task = text_task("ws shutdown [[sim:tokens=20,tps=10]]", deliveryMethod="sync", seed=7)
+    # cancelOnDisconnect: a server shutdown is not the client leaving (it resumes elsewhere)
+    task = text_task(
+        "ws shutdown [[sim:tokens=20,tps=10]]",
+        deliveryMethod="sync",
+        seed=7,
+        cancelOnDisconnect=True,
+    )
     async with AsyncExitStack() as sockets, httpx.AsyncClient(base_url=stack.api_url) as http:
         busy, *idle = [
             await sockets.enter_async_context(websockets.connect(url(stack.api_url)))
