@@ -12,7 +12,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, openai_compat, streaming, tenants, webhooks
+from bench import foundation, openai_compat, streaming, tenants, webhooks, ws
 from bench.common import start_stack
 from core.settings import PROJECT_ROOT
 from devenv.stack import Stack
@@ -185,12 +185,37 @@ async def openai_sections(args: argparse.Namespace) -> list[str]:
     ]
 
 
+async def ws_sections(args: argparse.Namespace) -> list[str]:
+    # file descriptors for every socket on both ends, before the API process starts (it
+    # inherits this process's limit)
+    nofile = ws.raise_nofile(max(args.ws_sockets) * 2 + 1024)
+    stack = start_stack(workers=1)
+    try:
+        print("websocket results per second vs HTTP polling ...", flush=True)
+        runs = await ws.throughput(stack, args.tasks)
+    finally:
+        stack.stop()
+    stack = start_stack(workers=1)
+    try:
+        print("idle websockets per API process ...", flush=True)
+        held = await ws.idle_sockets(stack, args.ws_sockets)
+    finally:
+        stack.stop()
+    return [
+        "### WebSocket: results per second, one socket vs HTTP polling\n\n"
+        + ws.throughput_table(runs),
+        "### WebSocket: idle authenticated sockets on one API process\n\n"
+        + ws.sockets_table(held, nofile),
+    ]
+
+
 SUITES = {
     "foundation": foundation_sections,
     "streaming": streaming_sections,
     "webhooks": webhook_sections,
     "tenants": tenant_sections,
     "openai": openai_sections,
+    "ws": ws_sections,
 }
 
 
@@ -232,6 +257,13 @@ def main() -> None:
         nargs="+",
         default=[500, 1000, 2000, 4000],
         help="open-stream counts to hold on one API process",
+    )
+    parser.add_argument(
+        "--ws-sockets",
+        type=int,
+        nargs="+",
+        default=[1000, 5000, 10000],
+        help="idle socket counts to hold on one API process (ws suite)",
     )
     parser.add_argument(
         "--backlog", type=int, default=20_000, help="key A's async backlog (tenants suite)"
