@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +242,51 @@ def api(stack: Stack) -> Iterator[Api]:
     client = Api(stack)
     yield client
     client.close()
+
+
+@pytest.fixture
+def apis(stack: Stack) -> Iterator[list[Api]]:
+    """A client of each API process of the module's `stack` (several: `stack.start_api()`)."""
+    clients = [Api(stack, url=url) for url in stack.api_urls]
+    yield clients
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+async def registry_fetches(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[str]]:
+    """Every attempt of Runware's SDK to fetch its schema registry (from the internet): a
+    test of the SDK that uses this fails if there was any."""
+    from runware.registry import Registry
+
+    attempts: list[str] = []
+
+    async def no_fetch(self: Registry) -> None:
+        attempts.append(self._url)
+        return None
+
+    monkeypatch.setattr(Registry, "_fetch_remote", no_fetch)
+    yield attempts
+    assert attempts == []
+
+
+def sdk_text_params(prompt: str, **fields: Any) -> dict[str, Any]:
+    """textInference parameters as a user passes them to Runware's SDK `run()`."""
+    return {
+        "taskType": "textInference",
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        **fields,
+    }
+
+
+def final_items(stack: Stack, task_uuid: str) -> list[dict[str, Any]]:
+    """A task's getResponse items once none is processing (with a client of its own)."""
+    api = Api(stack)
+    try:
+        return api.wait_final(task_uuid)
+    finally:
+        api.close()
 
 
 def wait_for_log(

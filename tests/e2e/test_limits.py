@@ -56,14 +56,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_binary: str) -> Iterat
     shared.stop()
 
 
-@pytest.fixture
-def apis(stack: Stack) -> Iterator[list[Api]]:
-    clients = [Api(stack, url=url) for url in stack.api_urls]
-    yield clients
-    for client in clients:
-        client.close()
-
-
 def assert_limited(response: httpx.Response, code: str, names: str) -> dict[str, Any]:
     """A 429 in the protocol's shape: every error has `code`, names the limit, and the
     response says when to retry. Returns the first error."""

@@ -17,7 +17,7 @@ import pytest
 from openai import OpenAI
 
 from devenv.stack import Stack
-from tests.conftest import KEY_A, MODEL, Api
+from tests.conftest import KEY_A, MODEL, final_items
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,14 +41,6 @@ WEATHER = {
 def client(stack: Stack) -> Iterator[OpenAI]:
     with OpenAI(base_url=f"{stack.api_url}/v1", api_key=KEY_A, max_retries=0) as sdk:
         yield sdk
-
-
-def stored(stack: Stack, task_uuid: str) -> list[dict[str, Any]]:
-    api = Api(stack)
-    try:
-        return api.wait_final(task_uuid)
-    finally:
-        api.close()
 
 
 def user(prompt: str) -> list[Any]:
@@ -80,7 +72,7 @@ def test_create_is_a_task(client: OpenAI, stack: Stack) -> None:
     assert choice.message.role == "assistant" and choice.message.content
     assert choice.finish_reason == "stop"
     assert completion.usage is not None and completion.usage.completion_tokens > 0
-    [item] = stored(stack, task_uuid)
+    [item] = final_items(stack, task_uuid)
     assert item["text"] == choice.message.content
     assert item["usage"]["completionTokens"] == completion.usage.completion_tokens
 
@@ -101,7 +93,7 @@ def test_stream_with_usage(client: OpenAI, stack: Stack) -> None:
     assert finishes[-1] == "stop" and finishes.count("stop") == 1
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None and last.usage.total_tokens > 0
-    [item] = stored(stack, task_uuid)
+    [item] = final_items(stack, task_uuid)
     assert item["text"] == text and len(chunks) > 3
 
 
@@ -120,7 +112,7 @@ def test_n_results_with_seeds(client: OpenAI, stack: Stack) -> None:
     )
     completion = raw.parse()
     assert [c.index for c in completion.choices] == [0, 1, 2]
-    items = stored(stack, raw.headers["x-taskwire-task-uuid"])
+    items = final_items(stack, raw.headers["x-taskwire-task-uuid"])
     assert [item["seed"] for item in items] == [40, 41, 42]
     assert [c.message.content for c in completion.choices] == [item["text"] for item in items]
     again = client.chat.completions.create(
@@ -294,7 +286,7 @@ def test_response_create_is_a_task(client: OpenAI, stack: Stack) -> None:
     assert response.instructions == "Be brief." and response.max_output_tokens == 300
     assert response.output_text
     assert response.usage is not None and response.usage.output_tokens > 0
-    [item] = stored(stack, task_uuid)
+    [item] = final_items(stack, task_uuid)
     assert item["text"] == response.output_text
     assert client.responses.retrieve(response.id).output_text == response.output_text
 

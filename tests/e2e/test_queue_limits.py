@@ -53,14 +53,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_binary: str) -> Iterat
     shared.stop()
 
 
-@pytest.fixture
-def apis(stack: Stack) -> Iterator[list[Api]]:
-    clients = [Api(stack, url=url) for url in stack.api_urls]
-    yield clients
-    for client in clients:
-        client.close()
-
-
 def sim_in_flight(stack: Stack) -> int:
     return int(httpx.get(f"{stack.sim_url}/_sim/stats").json()["in_flight"])
 

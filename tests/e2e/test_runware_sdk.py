@@ -6,32 +6,14 @@ schema registry is never consulted (checked: a registry fetch fails the test).""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import pytest
 from runware import Runware, RunwareError
 from runware.client import _is_terminal
-from runware.registry import Registry
 
 from devenv.stack import Stack
-from tests.conftest import KEY_A, MODEL, Api, StackFactory, text_task
+from tests.conftest import KEY_A, Api, StackFactory, final_items, sdk_text_params, text_task
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-async def registry_fetches(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[str]]:
-    """Every attempt of the SDK to fetch its schema registry (from the internet)."""
-    attempts: list[str] = []
-
-    async def no_fetch(self: Registry) -> None:
-        attempts.append(self._url)
-        return None
-
-    monkeypatch.setattr(Registry, "_fetch_remote", no_fetch)
-    yield attempts
-    assert attempts == []
 
 
 def sdk(stack: Stack, key: str = KEY_A) -> Runware:
@@ -45,31 +27,14 @@ def sdk(stack: Stack, key: str = KEY_A) -> Runware:
     )
 
 
-def text_params(prompt: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "taskType": "textInference",
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-        **fields,
-    }
-
-
-def get_response(stack: Stack, task_uuid: str) -> list[dict[str, Any]]:
-    api = Api(stack)
-    try:
-        return api.wait_final(task_uuid)
-    finally:
-        api.close()
-
-
 async def test_sync(stack: Stack, registry_fetches: list[str]) -> None:
     async with sdk(stack) as client:
         [item] = await client.run(
-            text_params("sdk sync [[sim:tokens=6]]", deliveryMethod="sync", seed=7)
+            sdk_text_params("sdk sync [[sim:tokens=6]]", deliveryMethod="sync", seed=7)
         )
     assert item["status"] == "success"
     assert item["seed"] == 7
-    [stored] = get_response(stack, item["taskUUID"])
+    [stored] = final_items(stack, item["taskUUID"])
     assert item["text"] == stored["text"] and item["text"]
 
 
@@ -78,18 +43,18 @@ async def test_async_delivery_polls_until_the_results(
 ) -> None:
     async with sdk(stack) as client:
         items = await client.run(
-            text_params("sdk async [[sim:tokens=20,tps=20]]", deliveryMethod="async", seed=11)
+            sdk_text_params("sdk async [[sim:tokens=20,tps=20]]", deliveryMethod="async", seed=11)
         )
     [item] = items
     assert item["status"] == "success", item
     assert item["seed"] == 11
-    assert item["text"] == get_response(stack, item["taskUUID"])[0]["text"]
+    assert item["text"] == final_items(stack, item["taskUUID"])[0]["text"]
 
 
 async def test_number_results_with_their_seeds(stack: Stack, registry_fetches: list[str]) -> None:
     async with sdk(stack) as client:
         items = await client.run(
-            text_params("sdk four [[sim:tokens=8,tps=30]]", numberResults=4, seed=100)
+            sdk_text_params("sdk four [[sim:tokens=8,tps=30]]", numberResults=4, seed=100)
         )
     assert [item["resultIndex"] for item in items] == [0, 1, 2, 3]
     assert [item["seed"] for item in items] == [100, 101, 102, 103]
@@ -100,7 +65,7 @@ async def test_number_results_with_their_seeds(stack: Stack, registry_fetches: l
 async def test_stream(stack: Stack, registry_fetches: list[str]) -> None:
     async with sdk(stack) as client:
         stream = await client.stream(
-            text_params(
+            sdk_text_params(
                 "sdk stream [[sim:tokens=30,tps=100,reasoning=3]]",
                 seed=21,
                 includeUsage=True,
@@ -111,7 +76,7 @@ async def test_stream(stack: Stack, registry_fetches: list[str]) -> None:
         result = await stream.result()
     assert len(pieces) > 1  # it arrived in parts
     assert result.task_uuid is not None
-    [stored] = get_response(stack, result.task_uuid)
+    [stored] = final_items(stack, result.task_uuid)
     assert "".join(pieces) == result.text == stored["text"]
     assert result.reasoning_content == stored["reasoningContent"]
     assert result.finish_reason == stored["finishReason"] == "stop"
@@ -122,23 +87,23 @@ async def test_stream(stack: Stack, registry_fetches: list[str]) -> None:
 async def test_error_classes(stack: Stack, registry_fetches: list[str]) -> None:
     async with sdk(stack, key="tw-not-a-key-000000000000") as client:
         with pytest.raises(RunwareError) as caught:
-            await client.run(text_params("x", deliveryMethod="sync"))
+            await client.run(sdk_text_params("x", deliveryMethod="sync"))
     assert caught.value.code == "auth" and caught.value.status_code == 401
     async with sdk(stack) as client:
         with pytest.raises(RunwareError) as caught:
-            await client.run({**text_params("x"), "model": "nobody:nothing@1"})
+            await client.run({**sdk_text_params("x"), "model": "nobody:nothing@1"})
         assert caught.value.code == "notFound" and caught.value.parameter == "model"
         with pytest.raises(RunwareError) as caught:
-            await client.run(text_params("x", settings={"temperature": 5}))
+            await client.run(sdk_text_params("x", settings={"temperature": 5}))
         assert caught.value.code == "validation"
         assert caught.value.parameter == "settings.temperature"
         # a stream refused before it starts, and one whose result fails upstream
-        stream = await client.stream({**text_params("x"), "model": "nobody:nothing@1"})
+        stream = await client.stream({**sdk_text_params("x"), "model": "nobody:nothing@1"})
         with pytest.raises(RunwareError) as caught:
             await stream.result()
         assert caught.value.code == "notFound"
     async with sdk(stack, key="tw-not-a-key-000000000000") as client:
-        stream = await client.stream(text_params("x"))
+        stream = await client.stream(sdk_text_params("x"))
         with pytest.raises(RunwareError) as caught:
             await stream.text()
     assert caught.value.code == "auth"

@@ -9,31 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from runware import Runware, RunwareError
-from runware.registry import Registry
 
 from devenv.stack import Stack
-from tests.conftest import KEY_A, MODEL, Api
+from tests.conftest import KEY_A, Api, final_items, sdk_text_params
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-async def registry_fetches(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[str]]:
-    """Every attempt of the SDK to fetch its schema registry (from the internet)."""
-    attempts: list[str] = []
-
-    async def no_fetch(self: Registry) -> None:
-        attempts.append(self._url)
-        return None
-
-    monkeypatch.setattr(Registry, "_fetch_remote", no_fetch)
-    yield attempts
-    assert attempts == []
 
 
 def ws_url(stack: Stack) -> str:
@@ -52,23 +35,6 @@ def sdk(stack: Stack, key: str = KEY_A) -> Runware:
     )
 
 
-def text_params(prompt: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "taskType": "textInference",
-        "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
-        **fields,
-    }
-
-
-def stored(stack: Stack, task_uuid: str) -> list[dict[str, Any]]:
-    api = Api(stack)
-    try:
-        return api.wait_final(task_uuid)
-    finally:
-        api.close()
-
-
 async def test_the_default_transport_is_the_socket(
     stack: Stack, registry_fetches: list[str]
 ) -> None:
@@ -77,25 +43,25 @@ async def test_the_default_transport_is_the_socket(
     async with client:
         assert client._ws_transport.session_id  # authenticated: a connectionSessionUUID
         [item] = await client.run(
-            text_params("ws sync [[sim:tokens=6]]", deliveryMethod="sync", seed=7)
+            sdk_text_params("ws sync [[sim:tokens=6]]", deliveryMethod="sync", seed=7)
         )
     assert item["status"] == "success" and item["seed"] == 7
-    [kept] = stored(stack, item["taskUUID"])
+    [kept] = final_items(stack, item["taskUUID"])
     assert item["text"] == kept["text"] and item["text"]
 
 
 async def test_async_polls_over_the_socket(stack: Stack, registry_fetches: list[str]) -> None:
     async with sdk(stack) as client:
-        [item] = await client.run(text_params("ws async [[sim:tokens=10,tps=40]]", seed=11))
+        [item] = await client.run(sdk_text_params("ws async [[sim:tokens=10,tps=40]]", seed=11))
     assert item["status"] == "success" and item["seed"] == 11
-    assert item["text"] == stored(stack, item["taskUUID"])[0]["text"]
+    assert item["text"] == final_items(stack, item["taskUUID"])[0]["text"]
 
 
 async def test_number_results_with_their_seeds(stack: Stack, registry_fetches: list[str]) -> None:
     async with sdk(stack) as client:
         sync, asynchronous = await asyncio.gather(
             client.run(
-                text_params(
+                sdk_text_params(
                     "ws four [[sim:tokens=8,tps=40]]",
                     numberResults=4,
                     seed=100,
@@ -103,7 +69,7 @@ async def test_number_results_with_their_seeds(stack: Stack, registry_fetches: l
                 )
             ),
             client.run(
-                text_params("ws four async [[sim:tokens=8,tps=40]]", numberResults=4, seed=200)
+                sdk_text_params("ws four async [[sim:tokens=8,tps=40]]", numberResults=4, seed=200)
             ),
         )
     for items, seed in ((sync, 100), (asynchronous, 200)):
@@ -118,21 +84,23 @@ async def test_errors(stack: Stack, registry_fetches: list[str]) -> None:
         with pytest.raises(RunwareError) as caught:
             await client.run(
                 {
-                    **text_params("ws bad model"),
+                    **sdk_text_params("ws bad model"),
                     "model": "nobody:nothing@1",
                     "deliveryMethod": "sync",
                 }
             )
         assert caught.value.code == "notFound" and caught.value.parameter == "model"
         with pytest.raises(RunwareError) as caught:
-            await client.run(text_params("ws bad", settings={"temperature": 5}))
+            await client.run(sdk_text_params("ws bad", settings={"temperature": 5}))
         assert caught.value.code == "validation"
         assert caught.value.parameter == "settings.temperature"
         with pytest.raises(RunwareError) as caught:
-            await client.run(text_params("ws fail [[sim:status=400]]", deliveryMethod="sync"))
+            await client.run(sdk_text_params("ws fail [[sim:status=400]]", deliveryMethod="sync"))
         assert caught.value.task_uuid
         # the socket is still in use after errors
-        [item] = await client.run(text_params("ws after [[sim:tokens=3]]", deliveryMethod="sync"))
+        [item] = await client.run(
+            sdk_text_params("ws after [[sim:tokens=3]]", deliveryMethod="sync")
+        )
         assert item["status"] == "success"
     with pytest.raises(RunwareError) as caught:
         async with sdk(stack, key="tw-not-a-key-000000000000"):
@@ -153,7 +121,9 @@ async def test_a_dropped_socket_resumes_without_loss_or_duplicates(
         runs = [
             asyncio.create_task(
                 client.run(
-                    text_params(f"ws resume {i} [[sim:tokens=40,tps=20]]", seed=i * 10, taskUUID=u)
+                    sdk_text_params(
+                        f"ws resume {i} [[sim:tokens=40,tps=20]]", seed=i * 10, taskUUID=u
+                    )
                 )
             )
             for i, u in enumerate(uuids)
@@ -177,4 +147,4 @@ async def test_a_dropped_socket_resumes_without_loss_or_duplicates(
     for i, items in enumerate(results):
         [item] = items
         assert item["status"] == "success" and item["seed"] == i * 10
-        assert item["text"] == stored(stack, item["taskUUID"])[0]["text"]
+        assert item["text"] == final_items(stack, item["taskUUID"])[0]["text"]
