@@ -28,6 +28,7 @@ from service.openai_common import (
     OpenAIError,
     ParamMap,
     authenticate,
+    bad_value,
     build_task,
     frames_body,
     from_taskwire,
@@ -97,10 +98,6 @@ class ChatRequest:
     include_usage: bool
 
 
-def _bad(message: str, param: str | None, code: str = "invalid_value") -> OpenAIError:
-    return OpenAIError(message, param=param, code=code)
-
-
 def _text(content: Any, where: str, images: list[tuple[str, str]] | None) -> Any:
     """A message's content as text (parts joined by newlines); image parts go to `images`
     (with the parameter path of each) when the role allows them."""
@@ -115,23 +112,25 @@ def _text(content: Any, where: str, images: list[tuple[str, str]] | None) -> Any
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str) or not url:
-                raise _bad("An image_url part needs `image_url.url`.", f"{where}.{j}.image_url")
+                raise bad_value(
+                    "An image_url part needs `image_url.url`.", f"{where}.{j}.image_url"
+                )
             images.append((url, f"{where}.{j}.image_url.url"))
         else:
-            raise _bad(
+            raise bad_value(
                 f"Content part type {kind!r} is not supported here; use `text`"
                 + (" or `image_url`." if images is not None else "."),
                 f"{where}.{j}.type",
             )
     if not texts:
-        raise _bad("A message needs at least one text part.", where)
+        raise bad_value("A message needs at least one text part.", where)
     return "\n".join(texts)
 
 
 def _message(i: int, m: Any, images: list[tuple[str, str]], params: ParamMap) -> dict[str, Any]:
     where = f"messages.{i}"
     if not isinstance(m, dict):
-        raise _bad("Each message must be an object.", where)
+        raise bad_value("Each message must be an object.", where)
     role = m.get("role")
     content = m.get("content")
     if role in ("system", "developer"):
@@ -150,14 +149,14 @@ def _message(i: int, m: Any, images: list[tuple[str, str]], params: ParamMap) ->
         calls = m.get("tool_calls")
         if calls:
             if not isinstance(calls, list):
-                raise _bad("tool_calls must be an array.", f"{where}.tool_calls")
+                raise bad_value("tool_calls must be an array.", f"{where}.tool_calls")
             out["tools"] = [_call(f"{where}.tool_calls.{k}", c) for k, c in enumerate(calls)]
             params.add(f"{where}.tools", f"{where}.tool_calls")
             for k in range(len(calls)):
                 params.add(f"{where}.tools.{k}.name", f"{where}.tool_calls.{k}.function.name")
                 params.add(f"{where}.tools.{k}.input", f"{where}.tool_calls.{k}.function.arguments")
         return out
-    raise _bad(
+    raise bad_value(
         f"Unsupported role {role!r}; use system, developer, user, assistant or tool.",
         f"{where}.role",
     )
@@ -166,14 +165,14 @@ def _message(i: int, m: Any, images: list[tuple[str, str]], params: ParamMap) ->
 def _call(where: str, call: Any) -> dict[str, Any]:
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict):
-        raise _bad("A tool call needs `function` with `name` and `arguments`.", where)
+        raise bad_value("A tool call needs `function` with `name` and `arguments`.", where)
     arguments = function.get("arguments") or "{}"
     try:
         parsed = json.loads(arguments) if isinstance(arguments, str) else None
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
-        raise _bad(
+        raise bad_value(
             "A tool call's arguments must be a JSON object (as text).",
             f"{where}.function.arguments",
         )
@@ -187,7 +186,7 @@ def _tools(tools: Any) -> Any:
     out = []
     for k, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise _bad("Only function tools are supported.", f"tools.{k}.type")
+            raise bad_value("Only function tools are supported.", f"tools.{k}.type")
         function = tool.get("function")
         if isinstance(function, dict):
             function = {
@@ -209,7 +208,7 @@ def _tool_choice(choice: Any, params: ParamMap) -> dict[str, Any]:
         if isinstance(function, dict):
             params.add("toolChoice.name", "tool_choice.function.name")
             return {"type": "tool", "name": function.get("name")}
-    raise _bad(
+    raise bad_value(
         'tool_choice must be "auto", "none", "required" or '
         '{"type": "function", "function": {"name": …}}.',
         "tool_choice",
@@ -228,7 +227,7 @@ def _response_format(fmt: Any, task: dict[str, Any], params: ParamMap) -> None:
         spec = fmt.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise _bad(
+            raise bad_value(
                 "response_format json_schema needs `json_schema.schema` (an object).",
                 "response_format.json_schema.schema",
             )
@@ -236,7 +235,7 @@ def _response_format(fmt: Any, task: dict[str, Any], params: ParamMap) -> None:
         task["jsonSchema"] = schema
         params.add("jsonSchema", "response_format.json_schema.schema")
         return
-    raise _bad(
+    raise bad_value(
         "response_format.type must be text, json_object or json_schema.", "response_format.type"
     )
 
@@ -246,25 +245,27 @@ def map_chat(body: dict[str, Any], task_uuid: str) -> ChatRequest:
     body = {key: value for key, value in body.items() if value is not None}
     for name in body:
         if name not in HANDLED and name not in IGNORED:
-            raise _bad(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
+            raise bad_value(
+                f"Unrecognized request argument supplied: {name}", name, "unknown_parameter"
+            )
     if body.get("logprobs") is True:
-        raise _bad("logprobs are not supported.", "logprobs", "unsupported_parameter")
+        raise bad_value("logprobs are not supported.", "logprobs", "unsupported_parameter")
     params = ParamMap()
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise _bad("stream must be a boolean.", "stream")
+        raise bad_value("stream must be a boolean.", "stream")
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
         if not stream:
-            raise _bad(
+            raise bad_value(
                 "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                 "stream_options",
             )
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("messages must be a non-empty array.", "messages")
+        raise bad_value("messages must be a non-empty array.", "messages")
     images: list[tuple[str, str]] = []
     mapped = [_message(i, m, images, params) for i, m in enumerate(messages)]
     task: dict[str, Any] = {
@@ -309,7 +310,9 @@ def map_chat(body: dict[str, Any], task_uuid: str) -> ChatRequest:
             else None
         )
         if effort is None:
-            raise _bad(f"reasoning_effort must be one of {', '.join(EFFORTS)}.", "reasoning_effort")
+            raise bad_value(
+                f"reasoning_effort must be one of {', '.join(EFFORTS)}.", "reasoning_effort"
+            )
         settings["thinkingLevel"] = effort
     if settings:
         task["settings"] = settings

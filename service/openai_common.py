@@ -86,6 +86,12 @@ def is_openai_path(path: str) -> bool:
     return path.startswith(OPENAI_PATHS)
 
 
+def bad_value(message: str, param: str | None, code: str = "invalid_value") -> OpenAIError:
+    """A 400 for a request field the mapping to a task cannot take, named as the client sent
+    it."""
+    return OpenAIError(message, param=param, code=code)
+
+
 def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         encode_json(body), status_code=status, media_type="application/json", headers=headers

@@ -33,6 +33,7 @@ from service.openai_common import (
     OpenAIError,
     ParamMap,
     authenticate,
+    bad_value,
     build_task,
     frames_body,
     from_taskwire,
@@ -90,10 +91,6 @@ class ResponsesRequest:
     background: bool
 
 
-def _bad(message: str, param: str | None, code: str = "invalid_value") -> OpenAIError:
-    return OpenAIError(message, param=param, code=code)
-
-
 def _content(content: Any, where: str, images: list[tuple[str, str]] | None) -> Any:
     if not isinstance(content, list):
         return content
@@ -105,16 +102,18 @@ def _content(content: Any, where: str, images: list[tuple[str, str]] | None) -> 
         elif kind == "input_image" and images is not None:
             url = part.get("image_url")
             if not isinstance(url, str) or not url:
-                raise _bad(
+                raise bad_value(
                     "An input_image part needs `image_url` (a URL or data URI; file_id is not "
                     "supported).",
                     f"{where}.{j}.image_url",
                 )
             images.append((url, f"{where}.{j}.image_url"))
         elif kind != "refusal":
-            raise _bad(f"Content part type {kind!r} is not supported here.", f"{where}.{j}.type")
+            raise bad_value(
+                f"Content part type {kind!r} is not supported here.", f"{where}.{j}.type"
+            )
     if not texts:
-        raise _bad("A message needs at least one text part.", where)
+        raise bad_value("A message needs at least one text part.", where)
     return "\n".join(texts)
 
 
@@ -124,12 +123,12 @@ def _input(value: Any, images: list[tuple[str, str]], params: ParamMap) -> list[
         params.add("messages", "input")
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
-        raise _bad("input must be a string or a non-empty array of items.", "input")
+        raise bad_value("input must be a string or a non-empty array of items.", "input")
     out: list[dict[str, Any]] = []
     for i, item in enumerate(value):
         where = f"input.{i}"
         if not isinstance(item, dict):
-            raise _bad("Each input item must be an object.", where)
+            raise bad_value("Each input item must be an object.", where)
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
@@ -143,7 +142,7 @@ def _input(value: Any, images: list[tuple[str, str]], params: ParamMap) -> list[
                 text = _content(item.get("content"), f"{where}.content", None)
                 out.append({"role": "assistant", "content": text})
             else:
-                raise _bad(f"Unsupported role {role!r}.", f"{where}.role")
+                raise bad_value(f"Unsupported role {role!r}.", f"{where}.role")
             params.add(f"messages.{len(out) - 1}", where)
         elif kind == "function_call":
             arguments = item.get("arguments")
@@ -152,7 +151,7 @@ def _input(value: Any, images: list[tuple[str, str]], params: ParamMap) -> list[
             except ValueError:
                 parsed = None
             if not isinstance(parsed, dict):
-                raise _bad(
+                raise bad_value(
                     "A function_call's arguments must be a JSON object (as text).",
                     f"{where}.arguments",
                 )
@@ -180,9 +179,9 @@ def _input(value: Any, images: list[tuple[str, str]], params: ParamMap) -> list[
         elif kind == "reasoning":
             continue  # a previous answer's reasoning, handed back: not sent upstream
         else:
-            raise _bad(f"Input item type {kind!r} is not supported.", f"{where}.type")
+            raise bad_value(f"Input item type {kind!r} is not supported.", f"{where}.type")
     if not out:
-        raise _bad("input has no message.", "input")
+        raise bad_value("input has no message.", "input")
     return out
 
 
@@ -192,7 +191,7 @@ def _tools(tools: Any) -> Any:
     out = []
     for k, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise _bad("Only function tools are supported.", f"tools.{k}.type")
+            raise bad_value("Only function tools are supported.", f"tools.{k}.type")
         shown = {
             key: value
             for key, value in tool.items()
@@ -211,7 +210,7 @@ def _tool_choice(choice: Any, params: ParamMap) -> dict[str, Any]:
     if isinstance(choice, dict) and choice.get("type") == "function":
         params.add("toolChoice.name", "tool_choice.name")
         return {"type": "tool", "name": choice.get("name")}
-    raise _bad(
+    raise bad_value(
         'tool_choice must be "auto", "none", "required" or {"type": "function", "name": …}.',
         "tool_choice",
     )
@@ -231,12 +230,16 @@ def _text_format(text: Any, task: dict[str, Any], params: ParamMap) -> None:
     if kind == "json_schema":
         schema = fmt.get("schema")
         if not isinstance(schema, dict):
-            raise _bad("text.format json_schema needs `schema` (an object).", "text.format.schema")
+            raise bad_value(
+                "text.format json_schema needs `schema` (an object).", "text.format.schema"
+            )
         task["outputFormat"] = "JSON"
         task["jsonSchema"] = schema
         params.add("jsonSchema", "text.format.schema")
         return
-    raise _bad("text.format.type must be text, json_object or json_schema.", "text.format.type")
+    raise bad_value(
+        "text.format.type must be text, json_object or json_schema.", "text.format.type"
+    )
 
 
 def map_responses(body: dict[str, Any], task_uuid: str) -> ResponsesRequest:
@@ -248,12 +251,12 @@ def map_responses(body: dict[str, Any], task_uuid: str) -> ResponsesRequest:
                 if name in ("previous_response_id", "conversation", "prompt")
                 else "unknown_parameter"
             )
-            raise _bad(f"Unrecognized or unsupported request argument: {name}", name, code)
+            raise bad_value(f"Unrecognized or unsupported request argument: {name}", name, code)
     stream = body.get("stream", False)
     background = body.get("background", False)
     for name, value in (("stream", stream), ("background", background)):
         if not isinstance(value, bool):
-            raise _bad(f"{name} must be a boolean.", name)
+            raise bad_value(f"{name} must be a boolean.", name)
     params = ParamMap()
     images: list[tuple[str, str]] = []
     messages = _input(body.get("input"), images, params)
@@ -289,7 +292,9 @@ def map_responses(body: dict[str, Any], task_uuid: str) -> ResponsesRequest:
         effort = reasoning["effort"]
         level = EFFORTS.get(effort) if isinstance(effort, str) else None
         if level is None:
-            raise _bad(f"reasoning.effort must be one of {', '.join(EFFORTS)}.", "reasoning.effort")
+            raise bad_value(
+                f"reasoning.effort must be one of {', '.join(EFFORTS)}.", "reasoning.effort"
+            )
         settings["thinkingLevel"] = level
     if settings:
         task["settings"] = settings
@@ -401,7 +406,7 @@ async def get_response(
         starting_after = -1
         if after is not None:
             if not after.isdigit():
-                raise _bad("starting_after must be a sequence number.", "starting_after")
+                raise bad_value("starting_after must be a sequence number.", "starting_after")
             starting_after = int(after)
         try:
             await check_reads(state.read_bucket, owner, [{"taskType": "getResponse"}])
