@@ -148,7 +148,9 @@ class Stack:
         env = self.env()
         env["PORT"] = str(port)
         api = Process(name, python_argv("-m", "service"), env, self.log_dir).start()
-        wait_until(http_ok(f"http://127.0.0.1:{port}/health"), 30, f"the {name}", api.check_alive)
+        # /livez, which only the API serves: were the port taken by another server (the
+        # API then exits), the wait must not take that server for the API
+        wait_until(http_ok(f"http://127.0.0.1:{port}/livez"), 30, f"the {name}", api.check_alive)
         return api
 
     def restart_crashed(self) -> list[str]:
