@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import os
 import re
 import socket
@@ -36,6 +38,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -245,3 +248,16 @@ class QueueExporter:
             log.warning("metrics.queue_unreadable", error=type(exc).__name__)
             return b""
         return snapshot.exposition()
+
+
+def scrape_allowed(token: SecretStr | None, authorization: str | None) -> bool:
+    """Whether a scrape with this `Authorization` header may read /metrics: always when no
+    metrics token is configured, else only with `Bearer <token>` (compared in constant
+    time, as digests, so neither length nor content leaks)."""
+    if token is None:
+        return True
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    expected = hashlib.sha256(token.get_secret_value().encode()).digest()
+    return hmac.compare_digest(hashlib.sha256(presented.strip().encode()).digest(), expected)

@@ -213,6 +213,10 @@ class Settings(BaseSettings):
     # Opt-in: taskwire_api_key_requests_total{key=<owner id>}, one series per API key owner
     # (a key's non-secret owner id, never the key). Off by default: keys are unbounded.
     metrics_key_labels: bool = False
+    # When set, GET /metrics (the API's and each worker's probe port) answers only a scrape
+    # with `Authorization: Bearer <token>` (Prometheus: `authorization: {credentials: …}`),
+    # else 401; unset, /metrics is open (keep it then on the cluster's network only).
+    metrics_token: SecretStr | None = None
 
     # --- logging
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 
 from core.errors import TaskwireError
-from core.metrics import BoundedLabel, QueueExporter
+from core.metrics import BoundedLabel, QueueExporter, scrape_allowed
 
 REQUESTS = Counter(
     "taskwire_api_requests",
@@ -161,11 +161,21 @@ def key_requests() -> Counter:
 
 
 router = APIRouter()
+UNAUTHORIZED = Response(
+    b"a metrics token is required: Authorization: Bearer <TASKWIRE_METRICS_TOKEN>\n",
+    status_code=401,
+    media_type="text/plain",
+    headers={"WWW-Authenticate": 'Bearer realm="metrics"', "Cache-Control": "no-store"},
+)
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """This process's metrics, and the queue's depth if this process exports it."""
+    """This process's metrics, and the queue's depth if this process exports it (behind
+    TASKWIRE_METRICS_TOKEN when that is set)."""
+    token = request.app.state.taskwire.settings.metrics_token
+    if not scrape_allowed(token, request.headers.get("authorization")):
+        return UNAUTHORIZED
     exporter: QueueExporter | None = getattr(request.app.state, "queue_exporter", None)
     queue = await exporter.exposition() if exporter is not None else b""
     return Response(generate_latest(REGISTRY) + queue, media_type=CONTENT_TYPE_LATEST)

@@ -236,7 +236,10 @@ def main() -> None:
     if settings.worker_http_port:
         # bound before the worker starts, so a port in use fails the process at once
         probes = ProbeServer(
-            settings.worker_http_host, settings.worker_http_port, worker.health
+            settings.worker_http_host,
+            settings.worker_http_port,
+            worker.health,
+            settings.metrics_token,
         ).start()
     try:
         worker.run()

@@ -33,6 +33,9 @@ from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import SecretStr
+
+from core.metrics import scrape_allowed
 
 log = structlog.get_logger("taskwire.worker")
 
@@ -101,7 +104,10 @@ class ProbeHandler(BaseHTTPRequestHandler):
         elif path == "/readyz":
             ok, details = health.readiness()
         elif path == "/metrics":
-            self._send_bytes(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            if scrape_allowed(self.server.metrics_token, self.headers.get("Authorization")):
+                self._send_bytes(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            else:
+                self._send(401, {"status": "unauthorized", "detail": "a metrics token is required"})
             return
         else:
             self._send(404, {"status": "notFound"})
@@ -129,9 +135,12 @@ class ProbeServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, health: WorkerHealth):
+    def __init__(
+        self, host: str, port: int, health: WorkerHealth, metrics_token: SecretStr | None = None
+    ):
         super().__init__((host, port), ProbeHandler)
         self.health = health
+        self.metrics_token = metrics_token
         self._thread: threading.Thread | None = None
 
     @property

@@ -155,3 +155,18 @@ def test_api_and_worker_metrics_after_real_tasks(
     for job_class in ("interactive", "batch", "webhook"):  # all done: nothing waits
         assert get(exporter, "taskwire_queue_waiting", **{"class": job_class}) == 0
     assert get(exporter, "taskwire_queue_leased") == 0
+
+
+def test_metrics_token_guards_the_api_scrape(make_stack: StackFactory) -> None:
+    stack = make_stack(workers=0, env={"TASKWIRE_METRICS_TOKEN": "scrape-secret"})
+    url = f"{stack.api_url}/metrics"
+    refused = httpx.get(url, timeout=5)
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    wrong = httpx.get(url, headers={"Authorization": "Bearer not-it"}, timeout=5)
+    assert wrong.status_code == 401
+    scraped = httpx.get(url, headers={"Authorization": "Bearer scrape-secret"}, timeout=5)
+    assert scraped.status_code == 200
+    assert "# TYPE taskwire_api_requests_total counter" in scraped.text
+    # probes stay open (the kubelet sends no token)
+    assert httpx.get(f"{stack.api_url}/livez", timeout=5).status_code == 200

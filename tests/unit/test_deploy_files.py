@@ -136,6 +136,13 @@ def test_the_workloads_are_wired_to_the_probes_settings_and_each_other(directory
         "startupProbe": ("/livez", 8000),
     }
     assert api_container["args"] == ["api"]
+    for deployment, port_name in ((api, "http"), (worker, "probes")):
+        (container,) = containers(deployment)
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        scrape = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert scrape["prometheus.io/scrape"] == "true"
+        assert int(scrape["prometheus.io/port"]) == ports[port_name]
+        assert scrape["prometheus.io/path"] == "/metrics"
     worker_probes, worker_container = probes(worker)
     port = int(config["TASKWIRE_WORKER_HTTP_PORT"])
     assert worker_probes == {

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from worker.probes import ProbeServer, WorkerHealth
 
@@ -86,3 +87,19 @@ def test_readiness_needs_startup_redis_and_no_drain(served: tuple[WorkerHealth, 
     # liveness is not readiness: a draining worker is alive
     assert httpx.get(f"{url}/livez").status_code == 200
     assert httpx.get(f"{url}/nothing-here").status_code == 404
+
+
+def test_metrics_behind_a_token_answer_only_the_bearer() -> None:
+    health = WorkerHealth(liveness_timeout_s=1.0, beat_interval_s=0.01, redis_stale_s=5.0)
+    server = ProbeServer("127.0.0.1", 0, health, SecretStr("scrape-me")).start()
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Basic scrape-me"}).status_code == 401
+        allowed = httpx.get(url, headers={"Authorization": "Bearer scrape-me"})
+        assert allowed.status_code == 200 and "python_info" in allowed.text
+        # the probes stay open: the kubelet sends no token
+        assert httpx.get(f"http://127.0.0.1:{server.port}/livez").status_code in (200, 503)
+    finally:
+        server.stop()
