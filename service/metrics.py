@@ -69,7 +69,12 @@ def task_answered(task_type: object, delivery_method: object, status: int) -> No
 
 
 def rejected(error: TaskwireError) -> None:
-    REJECTED.labels(_reason(error.code) or "unknown").inc()
+    rejected_code(error.code)
+
+
+def rejected_code(code: str) -> None:
+    """A task or request refused with this error code (camelCase, as the native door's)."""
+    REJECTED.labels(_reason(code) or "unknown").inc()
 
 
 class _Slot(Protocol):
