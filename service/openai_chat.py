@@ -25,6 +25,7 @@ from service.delivery import collect_results
 from service.openai_chat_render import ChatChunks, completion_body
 from service.openai_common import (
     TASK_UUID_HEADER,
+    MeteredRoute,
     OpenAIError,
     ParamMap,
     authenticate,
@@ -42,7 +43,7 @@ from service.openai_common import (
 )
 from service.state import State
 
-router = APIRouter()
+router = APIRouter(route_class=MeteredRoute)  # counted in taskwire_api_openai_requests
 
 # Accepted and not acted on (docs/protocol.md lists them).
 IGNORED = frozenset(

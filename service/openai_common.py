@@ -15,13 +15,15 @@ import contextlib
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from prometheus_client import Counter
 from pydantic import ValidationError
 from starlette.responses import StreamingResponse
 
@@ -30,6 +32,7 @@ from core.events import Event, TaskEvents
 from core.protocol import TextInferenceTask, errors_from_validation
 from service.api import bearer_key, encode_json, read_body
 from service.intake import Intake, Submitted
+from service.metrics import rejected, rejected_code
 from service.state import AppState
 from service.streaming import sse_response
 
@@ -37,6 +40,37 @@ TASK_UUID_HEADER = "x-taskwire-task-uuid"
 # uuid5 namespace of Idempotency-Key taskUUIDs (fixed: a key must map to the same task in
 # every process and version).
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f0d8a52-3c1e-4f7b-9b8e-2a4d5c6e7f80")
+
+OPENAI_REQUESTS = Counter(
+    "taskwire_api_openai_requests",
+    "Requests to the OpenAI-compatible endpoints, by endpoint (chat.completions, "
+    "responses.create, responses.get, responses.cancel), whether the answer was an event "
+    "stream, and its HTTP status. Their refusals also count in taskwire_api_rejected_total.",
+    ["endpoint", "stream", "status"],
+)
+# the route's function name → the endpoint label (a closed set)
+_ENDPOINTS = {
+    "chat_completions": "chat.completions",
+    "create_response": "responses.create",
+    "get_response": "responses.get",
+    "cancel_response": "responses.cancel",
+}
+
+
+class MeteredRoute(APIRoute):
+    """An OpenAI-compatible route whose answers are counted in OPENAI_REQUESTS."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        endpoint = _ENDPOINTS.get(self.name, "other")
+
+        async def metered(request: Request) -> Response:
+            response = await handler(request)
+            streamed = "true" if isinstance(response, StreamingResponse) else "false"
+            OPENAI_REQUESTS.labels(endpoint, streamed, str(response.status_code)).inc()
+            return response
+
+        return metered
 
 
 class OpenAIError(Exception):
@@ -88,7 +122,8 @@ def is_openai_path(path: str) -> bool:
 
 def bad_value(message: str, param: str | None, code: str = "invalid_value") -> OpenAIError:
     """A 400 for a request field the mapping to a task cannot take, named as the client sent
-    it."""
+    it (counted as a refusal, its code in the native door's camelCase)."""
+    rejected_code(re.sub(r"_([a-z])", lambda m: m.group(1).upper(), code))
     return OpenAIError(message, param=param, code=code)
 
 
@@ -123,7 +158,9 @@ def error_type(status: int) -> str:
 
 
 def from_taskwire(exc: TaskwireError, params: ParamMap | None = None) -> OpenAIError:
-    """A taskwire error as OpenAI's error, its parameter named as the client sent it."""
+    """A taskwire error as OpenAI's error, its parameter named as the client sent it (and
+    counted as a refusal by its taskwire code, as on the native door)."""
+    rejected(exc)
     status = exc.status
     code = snake(exc.code)
     if exc.code == "unknownModel":

@@ -30,6 +30,7 @@ from service.limits import check_reads
 from service.openai_chat import EFFORTS
 from service.openai_common import (
     TASK_UUID_HEADER,
+    MeteredRoute,
     OpenAIError,
     ParamMap,
     authenticate,
@@ -48,7 +49,7 @@ from service.openai_common import (
 from service.openai_responses_render import ResponseRenderer
 from service.state import AppState, State
 
-router = APIRouter()
+router = APIRouter(route_class=MeteredRoute)  # counted in taskwire_api_openai_requests
 
 IGNORED = frozenset(
     {

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devenv.procs import free_port, wait_until
 from devenv.stack import Stack
-from tests.conftest import MODEL, Api, StackFactory, text_task
+from tests.conftest import KEY_A, MODEL, Api, StackFactory, text_task
 from tests.receiver import Receiver, running_receiver
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -170,3 +170,44 @@ def test_metrics_token_guards_the_api_scrape(make_stack: StackFactory) -> None:
     assert "# TYPE taskwire_api_requests_total counter" in scraped.text
     # probes stay open (the kubelet sends no token)
     assert httpx.get(f"{stack.api_url}/livez", timeout=5).status_code == 200
+
+
+def test_the_openai_door_is_counted(make_stack: StackFactory) -> None:
+    stack = make_stack(workers=1)
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "[[sim:tokens=3]]"}]}
+    with httpx.Client(base_url=stack.api_url, headers=auth, timeout=30) as http:
+        assert http.post("/v1/chat/completions", json=chat).status_code == 200
+        with http.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as s:
+            assert s.status_code == 200 and "[DONE]" in s.read().decode()
+        bad = http.post("/v1/chat/completions", json={**chat, "logprobs": True})
+        assert bad.status_code == 400
+        unknown = http.post("/v1/chat/completions", json={**chat, "model": "nope:1@1"})
+        assert unknown.status_code == 404
+        created = http.post("/v1/responses", json={"model": MODEL, "input": "[[sim:tokens=2]]"})
+        assert created.status_code == 200
+        assert http.get(f"/v1/responses/{created.json()['id']}").status_code == 200
+    samples = scrape(stack.api_url)
+    name = "taskwire_api_openai_requests_total"
+    chat_counts = {
+        (stream, status): get(
+            samples, name, endpoint="chat.completions", stream=stream, status=status
+        )
+        for stream, status in (
+            ("false", "200"),
+            ("true", "200"),
+            ("false", "400"),
+            ("false", "404"),
+        )
+    }
+    assert chat_counts == {
+        ("false", "200"): 1,
+        ("true", "200"): 1,
+        ("false", "400"): 1,
+        ("false", "404"): 1,
+    }
+    assert get(samples, name, endpoint="responses.create", stream="false", status="200") == 1
+    assert get(samples, name, endpoint="responses.get", stream="false", status="200") == 1
+    rejected = "taskwire_api_rejected_total"
+    assert get(samples, rejected, reason="unsupportedParameter") == 1
+    assert get(samples, rejected, reason="unknownModel") == 1
