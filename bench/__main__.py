@@ -12,7 +12,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, openai_compat, streaming, tenants, webhooks, ws
+from bench import foundation, observability, openai_compat, streaming, tenants, webhooks, ws
 from bench.common import start_stack
 from core.settings import PROJECT_ROOT
 from devenv.stack import Stack
@@ -209,6 +209,19 @@ async def ws_sections(args: argparse.Namespace) -> list[str]:
     ]
 
 
+async def observability_sections(args: argparse.Namespace) -> list[str]:
+    print("metrics and tracing cost (alternating rounds) ...", flush=True)
+    sink = observability.OtlpSink()
+    try:
+        runs = await observability.cost(sink, rounds=args.rounds)
+    finally:
+        sink.stop()
+    return [
+        "### Metrics and tracing: sync latency and throughput, off vs on\n\n"
+        + observability.cost_table(runs)
+    ]
+
+
 SUITES = {
     "foundation": foundation_sections,
     "streaming": streaming_sections,
@@ -216,6 +229,7 @@ SUITES = {
     "tenants": tenant_sections,
     "openai": openai_sections,
     "ws": ws_sections,
+    "observability": observability_sections,
 }
 
 
@@ -267,6 +281,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--backlog", type=int, default=20_000, help="key A's async backlog (tenants suite)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of each configuration (observability)"
     )
     parser.add_argument("--only", nargs="+", choices=list(SUITES), help="run only these suites")
     parser.add_argument("--no-record", action="store_true", help="do not update the doc")
