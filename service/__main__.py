@@ -14,6 +14,7 @@ exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -26,6 +27,7 @@ from core.logging import configure_logging
 from core.settings import Settings
 from core.tracing import setup_tracing, shutdown_tracing
 from service.app import create_app
+from service.delivery import sync_waits
 from service.health import Lifecycle, lifecycle
 from service.ws import sockets_of
 
@@ -48,6 +50,11 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Requests still waiting for results when the grace ends would be cancelled (a bare
+        # 500): their waits end a little before it, and they answer as a wait that ran out
+        # of time does (a sync task's 202: its client polls another process).
+        grace = self.config.timeout_graceful_shutdown or 0
+        sync_waits.end_by(asyncio.get_running_loop().time() + grace - min(1.0, grace / 4))
         app = self.config.app
         if isinstance(app, FastAPI):  # task sockets close with 1001, not uvicorn's 1012
             await sockets_of(app).drain(self.config.timeout_graceful_shutdown or 0)

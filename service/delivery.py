@@ -16,6 +16,40 @@ from core.store import TaskStore
 SUBSCRIBE_TIMEOUT_S = 5.0
 
 
+class SyncWaits:
+    """The result waits running in this process, so that a shutdown ends them before its
+    grace runs out (service/__main__.py): a wait uvicorn cancels at the end of the grace
+    becomes a bare 500, while one ended in time answers as any wait that ran out of time
+    does (a sync task's 202, whose client polls getResponse on another process)."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Timeout] = set()
+        self._cap: float | None = None
+
+    def end_by(self, when: float) -> None:
+        """End every wait by the loop time `when`, and those that start later too."""
+        self._cap = when if self._cap is None else min(self._cap, when)
+        for timeout in self._running:
+            ends = timeout.when()
+            if ends is None or ends > when:
+                timeout.reschedule(when)
+
+    @contextlib.asynccontextmanager
+    async def until(self, deadline: float) -> AsyncIterator[None]:
+        """`asyncio.timeout_at(deadline)`, brought forward by a shutdown."""
+        if self._cap is not None:
+            deadline = min(deadline, self._cap)
+        async with asyncio.timeout_at(deadline) as timeout:
+            self._running.add(timeout)
+            try:
+                yield
+            finally:
+                self._running.discard(timeout)
+
+
+sync_waits = SyncWaits()  # one server per process (`python -m service`)
+
+
 @contextlib.asynccontextmanager
 async def watching(hub: EventHub, store: TaskStore, ref: TaskRef) -> AsyncIterator[Subscription]:
     """A subscription to a task's events. SUBSCRIBE is sent, not yet confirmed."""
@@ -53,7 +87,7 @@ async def collect_results(
         sub.request_resync()
     results: dict[int, ResultItem] = {}
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout_at(deadline):
+        async with sync_waits.until(deadline):
             while len(results) < number_results:
                 event = await sub.get()
                 if event is RESYNC:
