@@ -12,7 +12,16 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import foundation, observability, openai_compat, streaming, tenants, webhooks, ws
+from bench import (
+    foundation,
+    observability,
+    openai_compat,
+    sidebyside,
+    streaming,
+    tenants,
+    webhooks,
+    ws,
+)
 from bench.common import start_stack
 from core.settings import PROJECT_ROOT
 from devenv.stack import Stack
@@ -222,6 +231,19 @@ async def observability_sections(args: argparse.Namespace) -> list[str]:
     ]
 
 
+async def load_sections(args: argparse.Namespace) -> list[str]:
+    stack = start_stack(workers=1)
+    try:
+        print("side by side under load: taskwire vs the direct path ...", flush=True)
+        steps = await sidebyside.load_steps(stack, args.rates, args.step_seconds, ttft_ms=50)
+    finally:
+        stack.stop()
+    return [
+        "### Side by side under load: offered rate, latency and CPU per task\n\n"
+        + sidebyside.steps_table(steps, 50)
+    ]
+
+
 SUITES = {
     "foundation": foundation_sections,
     "streaming": streaming_sections,
@@ -230,6 +252,7 @@ SUITES = {
     "openai": openai_sections,
     "ws": ws_sections,
     "observability": observability_sections,
+    "load": load_sections,
 }
 
 
@@ -284,6 +307,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--rounds", type=int, default=2, help="rounds of each configuration (observability)"
+    )
+    parser.add_argument(
+        "--rates",
+        type=int,
+        nargs="+",
+        default=[100, 200, 300, 400, 500, 600],
+        help="offered sync requests per second, one step each (load suite)",
+    )
+    parser.add_argument(
+        "--step-seconds", type=float, default=8.0, help="seconds per offered rate (load suite)"
     )
     parser.add_argument("--only", nargs="+", choices=list(SUITES), help="run only these suites")
     parser.add_argument("--no-record", action="store_true", help="do not update the doc")
