@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -84,14 +85,29 @@ end
 return got
 """
 
-# KEYS: task, job, retry, pending index, host holds. ARGV: queue prefix, field, state, task
-# ttl s, next score ms (or ''), job id, job ttl ms, wake channel, now ms, in-progress prefix.
-# Records an attempt and gives its host slot back; then either puts the job back in the
-# queue for its next attempt (waking workers, so they know when it falls due), or settles it.
+# KEYS: task, job, retry, pending index, host holds, failing hosts, the host's failing
+# deliveries. ARGV: queue prefix, field, state, task ttl s, next score ms (or ''), job id,
+# job ttl ms, wake channel, now ms, in-progress prefix, '1' if the attempt failed ('0' if
+# delivered, '' without a host), host. Records an attempt and gives its host slot back; then
+# either puts the job back in the queue for its next attempt (waking workers, so they know
+# when it falls due), or settles it. A failed attempt puts the delivery in its host's
+# failing index (capped, newest kept; read by the operator console), a delivery takes it out.
 _RECORD = (
     LUA_LIB
     + """
 redis.call('ZREM', KEYS[5], ARGV[6])
+if ARGV[11] == '1' then
+  redis.call('ZADD', KEYS[7], ARGV[9], ARGV[6])
+  redis.call('PEXPIRE', KEYS[7], ARGV[7])
+  if redis.call('ZCARD', KEYS[7]) > 1000 then redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -1001) end
+  redis.call('ZADD', KEYS[6], ARGV[9], ARGV[12])
+  redis.call('PEXPIRE', KEYS[6], ARGV[7])
+  if redis.call('ZCARD', KEYS[6]) > 500 then redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -501) end
+elseif ARGV[11] == '0' then
+  if redis.call('ZREM', KEYS[7], ARGV[6]) == 1 and redis.call('EXISTS', KEYS[7]) == 0 then
+    redis.call('ZREM', KEYS[6], ARGV[12])
+  end
+end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if ARGV[5] ~= '' then
@@ -191,6 +207,63 @@ return revived
 )
 
 
+# KEYS: pending index. ARGV: queue prefix, now ms, in-progress prefix, retry prefix, job
+# prefix, task-key head, wake channel, job ttl ms, task ttl s, then per delivery: job id,
+# job payload. An operator's re-send (the console): each delivery is attempted again now,
+# unless it is on its way already. Per delivery, in order: 'running' (an attempt is in
+# flight: left alone, never doubled), 'due' (waiting for a worker already: left alone),
+# 'now' (pending, its next attempt scheduled later: moved to now, its schedule kept),
+# 'resent' (failed or delivered, or pending with its job lost: a new schedule starting now,
+# as POST .../webhooks/redeliver does), or 'gone' (no such delivery: the task expired).
+_RESEND_NOW = (
+    LUA_LIB
+    + """
+local now = tonumber(ARGV[2])
+local outcomes = {}
+local woke = false
+for i = 10, #ARGV, 2 do
+  local id = ARGV[i]
+  local head, index = string.match(id, '^(.*):(%d+):webhook$')
+  local task = head and (ARGV[6] .. head .. '}')
+  local field = index and ('w:' .. index)
+  local current = task and redis.call('HGET', task, field)
+  local outcome = 'gone'
+  if current then
+    local s = cjson.decode(current)
+    local m = 'h|' .. id
+    local pending = s.state == 'pending'
+    if pending and (redis.call('ZSCORE', QP .. 'leases', m)
+        or redis.call('EXISTS', ARGV[3] .. id) == 1) then
+      outcome = 'running'
+    elseif pending and redis.call('ZSCORE', QP .. 'ready:h:' .. owner_of(id), id) then
+      outcome = 'due'
+    else
+      if pending and redis.call('ZREM', QP .. 'delayed', m) == 1 then
+        make_ready('h', id, now)
+        outcome = 'now'
+      else
+        s.state = 'pending'
+        s.cycle = 0
+        redis.call('SET', ARGV[5] .. id, ARGV[i + 1], 'PX', ARGV[8])
+        redis.call('DEL', ARGV[4] .. id)
+        enqueue('h', id, now, now)
+        redis.call('EXPIRE', task, ARGV[9])
+        outcome = 'resent'
+      end
+      s.next_at = now / 1000
+      redis.call('HSET', task, field, cjson.encode(s))
+      redis.call('ZADD', KEYS[1], now, id)
+      woke = true
+    end
+  end
+  outcomes[#outcomes + 1] = outcome
+end
+if woke then redis.call('PUBLISH', ARGV[7], '1') end
+return outcomes
+"""
+)
+
+
 @dataclass(slots=True)
 class PendingDelivery:
     url: str
@@ -210,6 +283,7 @@ class DeliveryStore:
         self._hold_host = redis.register_script(_HOLD_HOST)
         self._resend = redis.register_script(_RESEND)
         self._revive = redis.register_script(_REVIVE)
+        self._resend_now = redis.register_script(_RESEND_NOW)
 
     def first_job(self, ref: TaskRef, index: int) -> FollowUpJob:
         """The delivery job a final result enqueues (core.store.TaskStore.finish_result)."""
@@ -295,6 +369,8 @@ class DeliveryStore:
                 self.keys.retry(job_id),
                 self.keys.pending_deliveries,
                 self.keys.webhook_host(host),
+                self.keys.failing_hosts,
+                self.keys.failing_deliveries(host),
             ],
             args=[
                 self.keys.queue_prefix,
@@ -307,6 +383,8 @@ class DeliveryStore:
                 self.keys.wake,
                 _now_ms(),
                 ARQ_IN_PROGRESS_PREFIX,
+                "" if not host else ("0" if state.state == "delivered" else "1"),
+                host,
             ],
         )
 
@@ -336,6 +414,28 @@ class DeliveryStore:
             keys=[self.keys.task(ref), self.keys.pending_deliveries], args=args
         )
         return [int(field.decode().removeprefix("w:")) for field in resent]
+
+    async def resend_now(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """Attempt these deliveries (job ids, "<owner>:<uuid>:<i>:webhook") again now, but
+        never one already on its way; each id's outcome (see _RESEND_NOW)."""
+        if not job_ids:
+            return {}
+        now = _now_ms()
+        args: list[Any] = [
+            self.keys.queue_prefix,
+            now,
+            ARQ_IN_PROGRESS_PREFIX,
+            ARQ_RETRY_PREFIX,
+            ARQ_JOB_PREFIX,
+            self.keys.task_head,
+            self.keys.wake,
+            self.job_ttl_ms,
+            self.retention_s,
+        ]
+        for job_id in job_ids:
+            args += [job_id, _revived_job(job_id, now)]
+        outcomes = await self._resend_now(keys=[self.keys.pending_deliveries], args=args)
+        return {job_id: o.decode() for job_id, o in zip(job_ids, outcomes, strict=True)}
 
     async def claim_sweep(self, hold_s: float) -> bool:
         """Whether this process sweeps now: one sweeper per `hold_s` across all workers."""

@@ -135,6 +135,27 @@ class Keys:
         when each one's hold lapses, epoch ms)."""
         return f"{self.prefix}:webhooks:host:{host}"
 
+    # What the operator console (service/console.py) reads that nothing else records:
+    # webhook deliveries failing by receiver host, and failed results by error code.
+    @property
+    def failing_hosts(self) -> str:
+        """ZSET of receiver hosts with failing deliveries, scored by the latest failure (ms)."""
+        return f"{self.prefix}:webhooks:failing"
+
+    def failing_deliveries(self, host: str) -> str:
+        """ZSET of one host's failing delivery job ids, scored by each one's latest failed
+        attempt (epoch ms); a delivered one leaves it (core/deliveries.py)."""
+        return f"{self.prefix}:webhooks:failing:{host}"
+
+    @property
+    def recent_failures(self) -> str:
+        """LIST of the latest failed results, newest first, capped (core/failures.py)."""
+        return f"{self.prefix}:failures:recent"
+
+    def failure_counts(self, minute: int) -> str:
+        """Hash of failed results by error code in one clock minute (epoch s // 60)."""
+        return f"{self.prefix}:failures:m:{minute}"
+
     @staticmethod
     def job(job_id: str) -> str:
         return ARQ_JOB_PREFIX + job_id
