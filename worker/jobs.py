@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from core.cancel import read_cancel_mark, stop_message
 from core.contract import Delta, ErrorItem, ResultItem
 from core.errors import TASK_EXPIRED
+from core.failures import note_failure
 from core.keys import TaskRef
 from core.limits import UsageMeter
 from core.protocol import TextInferenceTask
@@ -79,6 +80,8 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
             job_ctx.settled = True
             traced.set(_trace_outcome(outcome, finish), error=_error_code(outcome.item))
             await _record_usage(deps, ref.owner, outcome, finish)
+            if finish.written:  # failed results by code, for the operator console
+                await note_failure(deps.store, ref, task.model, outcome.route, outcome.item)
             await deps.inference.recorded(outcome)
         except BaseException:
             publisher.close()
