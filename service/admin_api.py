@@ -50,15 +50,25 @@ class RotateKey(BaseModel):
     expiresInS: float | None = Field(default=None, gt=0)
 
 
-def admin_store(request: Request) -> ApiKeyStore:
-    """The key store, for a request carrying the admin token (404 when there is none)."""
-    token = request.app.state.taskwire.settings.admin_token
-    if token is None:
+def admin_enabled(request: Request) -> None:
+    """404, like an unknown path, unless TASKWIRE_ADMIN_TOKEN is set."""
+    if request.app.state.taskwire.settings.admin_token is None:
         raise HTTPException(404, "Not Found")
+
+
+def require_admin(request: Request) -> None:
+    """Pass a request carrying the admin token; 404 when there is none, else 401."""
+    admin_enabled(request)
+    token = request.app.state.taskwire.settings.admin_token
     presented = bearer_key(request) or ""
     expected = hashlib.sha256(token.get_secret_value().encode()).digest()
     if not hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), expected):
         raise AuthenticationFailed("Invalid admin token.", code="invalidAdminToken")
+
+
+def admin_store(request: Request) -> ApiKeyStore:
+    """The key store, for a request carrying the admin token (404 when there is none)."""
+    require_admin(request)
     store: ApiKeyStore = request.app.state.apikeys
     return store
 

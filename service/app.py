@@ -35,6 +35,7 @@ from core.webhooks import WebhookSecrets
 from service.admin_api import router as admin_router
 from service.api import error_response, json_response, router
 from service.auth import KeyRing, KeyRingSync
+from service.console import router as console_router
 from service.events_api import router as events_router
 from service.health import Lifecycle, lifecycle
 from service.health import router as health_router
@@ -192,6 +193,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(tasks_list_router)
     app.include_router(admin_router)  # 404 unless TASKWIRE_ADMIN_TOKEN is set
+    app.include_router(console_router)  # /console and /admin/console/* (service/console.py)
     app.include_router(socket_router)  # GET /v1 upgraded to the task WebSocket (service/ws.py)
     app.include_router(metrics_router)  # GET /metrics (service/metrics.py)
     configure_metrics(key_labels=settings.metrics_key_labels)
