@@ -43,10 +43,11 @@ from core.errors import (
     ServiceUnavailable,
     TaskwireError,
 )
-from core.events import TaskEvents, stream_id_order
+from core.events import Event, Subscription, TaskEvents, stream_id_order
 from core.keys import TaskRef
 from core.protocol import AuthenticationTask, TaskErrors, canonical_uuid, parse_task
 from core.sessions import Outstanding, SessionStore
+from core.settings import Settings
 from service.answers import Answers, StreamPlan
 from service.api import encode_json, parse_envelope
 from service.batch import Batch, Slot
@@ -63,6 +64,8 @@ router = APIRouter()
 POLICY = 1008  # authentication failed or missing, or the client reads too slowly
 TOO_BIG = 1009
 GOING_AWAY = 1001
+# Results pushed together share a frame up to this size (a bigger result goes alone).
+RESULTS_FRAME_BYTES = 256 * 1024
 
 
 class SocketChunks(ChunkRenderer):
@@ -87,7 +90,7 @@ class Sockets:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace_s):
                 for conn in list(self.open):
-                    await conn.quiet.wait()
+                    await conn.settled()
         await asyncio.gather(
             *(
                 conn.close(GOING_AWAY, "going away: the server is shutting down")
@@ -101,6 +104,14 @@ def owed(task: Outstanding, pushed: set[int]) -> bool:
     return any(
         not task.was_sent(index) and index not in pushed for index in range(task.number_results)
     )
+
+
+def _settle(future: asyncio.Future[None]) -> Callable[[object], None]:
+    def settle(_: object) -> None:
+        if not future.done():
+            future.set_result(None)
+
+    return settle
 
 
 def sockets_of(app: FastAPI) -> Sockets:
@@ -130,42 +141,100 @@ async def task_socket(websocket: WebSocket) -> None:
 
 
 class Connection:
-    """One authenticated task socket."""
+    """One authenticated task socket.
+
+    An idle socket is most of what a process holds by the thousand, so everything a socket
+    only needs once it is used (its send queue and writer, its frame slots, the event
+    draining waits on, the session store, the answers' link builder) is made on first use.
+    """
+
+    __slots__ = (
+        "_answers",
+        "_closer",
+        "_dirty",
+        "_flusher",
+        "_frames",
+        "_outbox",
+        "_quiet",
+        "_results",
+        "_writer",
+        "background",
+        "cancel_on_close",
+        "closing",
+        "owner",
+        "pumps",
+        "session",
+        "sockets",
+        "state",
+        "tracked",
+        "watchers",
+        "ws",
+    )
 
     def __init__(self, websocket: WebSocket, state: AppState, sockets: Sockets):
         self.ws = websocket
         self.state = state
-        self.settings = state.settings
         self.sockets = sockets
         self.owner = ""
         self.session = ""
-        self.sessions = SessionStore(
-            state.redis, state.store.keys, state.settings.ws_session_window_s
-        )
-        self.answers: Answers | None = None
-        self.outbox: asyncio.Queue[tuple[bytes, Callable[[], None] | None]] = asyncio.Queue(
-            state.settings.ws_send_queue
-        )
         self.tracked: dict[str, Outstanding] = {}  # by canonical taskUUID
         # sync tasks sent here with cancelOnDisconnect: cancelled if the socket closes first
         self.cancel_on_close: dict[str, TaskRef] = {}  # by canonical taskUUID
         self.watchers: dict[str, asyncio.Task[None]] = {}
-        self.background: set[asyncio.Task[None]] = set()  # frames being answered
-        self.pumps: set[asyncio.Task[None]] = set()  # stream tasks' chunks
-        self.frames = asyncio.Semaphore(state.settings.ws_frames_in_flight)
+        # frames being answered, and stream tasks' chunk pumps (dicts as ordered sets)
+        self.background: dict[asyncio.Task[None], None] = {}
+        self.pumps: dict[asyncio.Task[None], None] = {}
         self.closing = False
+        self._answers: Answers | None = None
+        self._outbox: asyncio.Queue[tuple[bytes, Callable[[], None] | None]] | None = None
+        self._frames: asyncio.Semaphore | None = None
         self._writer: asyncio.Task[None] | None = None
         self._dirty: dict[str, Outstanding | None] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
-        # Set while nothing is owed to the client (what draining waits for).
-        self.quiet = asyncio.Event()
-        self.quiet.set()
+        self._quiet: asyncio.Event | None = None  # made when draining waits on this socket
+        # results waiting for this loop turn to end, to go out together in one frame
+        self._results: list[tuple[str, Outstanding, ResultItem]] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.state.settings
+
+    @property
+    def sessions(self) -> SessionStore:
+        state = self.state
+        return SessionStore(state.redis, state.store.keys, state.settings.ws_session_window_s)
+
+    @property
+    def answers(self) -> Answers:
+        if self._answers is None:
+            self._answers = Answers(
+                owner=self.owner,
+                store=self.state.store,
+                tokens=self.state.tokens,
+                base_url=http_base(self.ws),
+            )
+        return self._answers
 
     @property
     def idle(self) -> bool:
         """Nothing owed to the client: no outstanding task, no frame waiting to go."""
-        return not self.tracked and self.outbox.empty() and not self.background and not self.pumps
+        return (
+            not self.tracked
+            and self._results is None
+            and (self._outbox is None or self._outbox.empty())
+            and not self.background
+            and not self.pumps
+        )
+
+    async def settled(self) -> None:
+        """Return once nothing is owed to the client (what draining waits for)."""
+        if self.idle:
+            return
+        if self._quiet is None:
+            self._quiet = asyncio.Event()
+        self._quiet.clear()
+        await self._quiet.wait()
 
     # --- the socket's life
 
@@ -179,22 +248,23 @@ class Connection:
             return
         if rest:
             await self._read_frame(b"", rest)
+        limit = self.settings.max_body_bytes
         while not self.closing:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 break
             body = message.get("bytes") or (message.get("text") or "").encode()
-            if len(body) > self.settings.max_body_bytes:
-                error = PayloadTooLarge(
-                    f"The frame is over the {self.settings.max_body_bytes}-byte limit."
-                )
+            if len(body) > limit:
+                error = PayloadTooLarge(f"The frame is over the {limit}-byte limit.")
                 await self._send_now({"errors": [error.to_item()]})
                 await self.close(TOO_BIG, "frame too large")
                 break
             await self._read_frame(body)
 
     async def _read_frame(self, body: bytes, tasks: list[Any] | None = None) -> None:
-        await self.frames.acquire()  # past the cap, the socket is read no further
+        if self._frames is None:
+            self._frames = asyncio.Semaphore(self.settings.ws_frames_in_flight)
+        await self._frames.acquire()  # past the cap, the socket is read no further
         self._spawn(self._frame(body, tasks))
 
     async def finish(self) -> None:
@@ -283,12 +353,6 @@ class Connection:
                 raise exc.errors[0] from None
             assert isinstance(auth, AuthenticationTask)
             self.owner = self.state.keyring.authenticate(auth.apiKey)
-            self.answers = Answers(
-                owner=self.owner,
-                store=self.state.store,
-                tokens=self.state.tokens,
-                base_url=http_base(self.ws),
-            )
             missed = await self._session(resume if isinstance(resume, str) else None)
         except TaskwireError as exc:
             await self._refuse(exc, "authentication failed")
@@ -415,25 +479,28 @@ class Connection:
                 self.push(encode_json({"errors": items}))
             if slot.stream is not None:
                 pump = asyncio.create_task(self._pump(slot.stream))
-                self.pumps.add(pump)
+                self.pumps[pump] = None
                 pump.add_done_callback(self._pump_done)
 
     async def _answer_waiting(self, submitted: Submitted) -> list[dict[str, Any]]:
         """A sync or async task submitted on the socket: its results will be pushed; an
         async one is acknowledged now."""
         task = submitted.task
-        self.track(task.taskUUID, task.numberResults)
         if task.deliveryMethod == "sync" and task.cancelOnDisconnect:
             self.cancel_on_close[canonical_uuid(task.taskUUID)] = submitted.ref
+        # A task this submit created, whose subscription intake confirmed before storing it
+        # (a sync task's), has no event that subscription missed: its follower takes what
+        # that one holds instead of reading the task's stored events.
+        early = submitted.accepted.sub if submitted.created else None
+        await self.track(task.taskUUID, task.numberResults, early)
         if task.deliveryMethod == "async":
-            assert self.answers is not None
             return [
                 {**ProcessingItem(task.taskUUID).to_wire(), **self.answers.links(task.taskUUID)}
             ]
         return []
 
     def _pump_done(self, pump: asyncio.Task[None]) -> None:
-        self.pumps.discard(pump)
+        self.pumps.pop(pump, None)
         self._note()
 
     async def _pump(self, plan: StreamPlan) -> None:
@@ -453,66 +520,136 @@ class Connection:
 
     # --- pushing results
 
-    def track(self, spelled: str, number_results: int) -> None:
-        """Push the task's results as they become final (once per socket)."""
+    async def track(
+        self, spelled: str, number_results: int, early: Subscription | None = None
+    ) -> None:
+        """Push the task's results as they become final (once per socket). Returns once
+        its follower is subscribed to the task's events."""
         key = canonical_uuid(spelled)
         if key in self.tracked:
             return
         task = Outstanding(spelled, number_results)
         self.tracked[key] = task
         self._changed(key, task)
-        self._watch(key, "0-0", set())
+        subscribed = asyncio.get_running_loop().create_future()
+        watcher = self._watch(key, "0-0", set(), early, subscribed)
+        watcher.add_done_callback(_settle(subscribed))  # cancelled before it subscribed
+        await subscribed
 
-    def _watch(self, key: str, after: str, pushed: set[int]) -> None:
-        watcher = asyncio.create_task(self._follow(key, after, pushed))
+    def _watch(
+        self,
+        key: str,
+        after: str,
+        pushed: set[int],
+        early: Subscription | None = None,
+        subscribed: asyncio.Future[None] | None = None,
+    ) -> asyncio.Task[None]:
+        watcher = asyncio.create_task(self._follow(key, after, pushed, early, subscribed))
         self.watchers[key] = watcher
+        return watcher
 
-    async def _follow(self, key: str, after: str, pushed: set[int]) -> None:
+    async def _follow(
+        self,
+        key: str,
+        after: str,
+        pushed: set[int],
+        early: Subscription | None,
+        subscribed: asyncio.Future[None] | None,
+    ) -> None:
         task = self.tracked[key]
         ref = TaskRef(self.owner, key)
         store = self.state.store
         try:
             async with self.state.hub.subscribe(store.keys.events(ref)) as sub:
-                await confirmed(sub)
-                events = TaskEvents(sub, store, ref, after)
+                if subscribed is not None and not subscribed.done():
+                    subscribed.set_result(None)
+                replay = True
+                if early is not None:
+                    # Everything published since `early` was confirmed reached it or, from
+                    # now on, `sub`: take what it holds, then follow `sub` after that.
+                    replay = False
+                    while early.lagged or not early.queue.empty():
+                        item = await early.get()  # at once: something is there
+                        if not isinstance(item, Event):
+                            replay = True  # it missed some: read storage after `after`
+                            break
+                        if item.order > stream_id_order(after):
+                            after = item.id
+                            self._take(key, task, pushed, item.body)
+                if replay:
+                    await confirmed(sub)
+                events = TaskEvents(sub, store, ref, after, replay=replay)
                 while owed(task, pushed):
-                    body = (await events.next()).body
-                    if (
-                        isinstance(body, Final)
-                        and 0 <= body.index < task.number_results
-                        and not task.was_sent(body.index)
-                        and body.index not in pushed
-                    ):
-                        pushed.add(body.index)
-                        self._push_result(key, task, body.item)
+                    self._take(key, task, pushed, (await events.next()).body)
         except (TaskwireError, RedisError, OSError) as exc:
             log.warning("ws.follow_failed", error=type(exc).__name__, session=self.session)
         finally:
             if self.watchers.get(key) is asyncio.current_task():
                 del self.watchers[key]
 
+    def _take(self, key: str, task: Outstanding, pushed: set[int], body: object) -> None:
+        """Push a final result of the task not pushed yet."""
+        if (
+            isinstance(body, Final)
+            and 0 <= body.index < task.number_results
+            and not task.was_sent(body.index)
+            and body.index not in pushed
+        ):
+            pushed.add(body.index)
+            self._push_result(key, task, body.item)
+
     def _push_result(self, key: str, task: Outstanding, item: ResultItem) -> None:
-        wire = {**item.to_wire(), "taskUUID": task.spelled}
-        index = item.index
+        """Queue a result for the client: the results that became final in one turn of the
+        loop (the hub fans out a whole Redis read in one) go out together, in the order they
+        came, as `{"data":[…]}` frames of up to RESULTS_FRAME_BYTES."""
+        if self.closing:
+            return
+        if self._results is None:
+            self._results = []
+            asyncio.get_running_loop().call_soon(self._send_results)
+        self._results.append((key, task, item))
 
+    def _send_results(self) -> None:
+        results, self._results = self._results or [], None
+        frame: list[bytes] = []
+        size = 0
+        batch: list[tuple[str, Outstanding, ResultItem]] = []
+        for key, task, item in results:
+            encoded = encode_json({**item.to_wire(), "taskUUID": task.spelled})
+            if frame and size + len(encoded) > RESULTS_FRAME_BYTES:
+                self._push_results(frame, batch)
+                frame, size, batch = [], 0, []
+            frame.append(encoded)
+            size += len(encoded) + 1
+            batch.append((key, task, item))
+        if frame:
+            self._push_results(frame, batch)
+        self._note()
+
+    def _push_results(
+        self, items: list[bytes], results: list[tuple[str, Outstanding, ResultItem]]
+    ) -> None:
         def sent() -> None:
-            task.sent |= 1 << index
-            if task.complete:
-                self.tracked.pop(key, None)
-                self._changed(key, None)
-            else:
-                self._changed(key, task)
+            for key, task, item in results:
+                task.sent |= 1 << item.index
+                if task.complete:
+                    if self.tracked.pop(key, None) is not None:
+                        self._changed(key, None)
+                else:
+                    self._changed(key, task)
 
-        self.push(encode_json({"data": [wire]}), sent)
+        self.push(b'{"data":[' + b",".join(items) + b"]}", sent)
 
     def push(self, frame: bytes, on_sent: Callable[[], None] | None = None) -> None:
         """Queue a frame for the client; a client that lets the queue fill is closed."""
         if self.closing:
             return
+        if self._outbox is None:
+            self._outbox = asyncio.Queue(self.settings.ws_send_queue)
         try:
-            self.outbox.put_nowait((frame, on_sent))
+            self._outbox.put_nowait((frame, on_sent))
         except asyncio.QueueFull:
-            log.warning("ws.slow_reader", session=self.session, queued=self.outbox.qsize())
+            log.warning("ws.slow_reader", session=self.session, queued=self._outbox.qsize())
             self._closer = asyncio.create_task(
                 self.close(
                     POLICY,
@@ -522,11 +659,11 @@ class Connection:
             )
             return
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write())
+            self._writer = asyncio.create_task(self._write(self._outbox))
 
-    async def _write(self) -> None:
+    async def _write(self, outbox: asyncio.Queue[tuple[bytes, Callable[[], None] | None]]) -> None:
         while True:
-            frame, on_sent = await self.outbox.get()
+            frame, on_sent = await outbox.get()
             try:
                 await self.ws.send_text(frame.decode())
             except Exception:  # the socket is gone: the reader sees the disconnect
@@ -537,10 +674,9 @@ class Connection:
             self._note()
 
     def _note(self) -> None:
-        if self.idle:
-            self.quiet.set()
-        else:
-            self.quiet.clear()
+        """Wake a drain waiting on this socket once nothing is owed."""
+        if self._quiet is not None and self.idle:
+            self._quiet.set()
 
     async def _send_now(self, body: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):
@@ -566,12 +702,12 @@ class Connection:
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Answer a frame in the background (holding one of the socket's frame slots)."""
         task = asyncio.create_task(work)
-        self.background.add(task)
-        self.quiet.clear()
+        self.background[task] = None
 
         def done(finished: asyncio.Task[None]) -> None:
-            self.background.discard(finished)
-            self.frames.release()
+            self.background.pop(finished, None)
+            if self._frames is not None:
+                self._frames.release()
             self._note()
 
         task.add_done_callback(done)
