@@ -381,7 +381,7 @@ def test_console_in_chromium(browser: Any, make_stack: StackFactory) -> None:
         assert host.get_attribute("data-failing") == "1"
         row = page.locator("[data-testid=webhook-delivery]")
         assert task["taskUUID"] in (row.text_content() or "")
-        assert "HTTP 500" in (row.text_content() or "")
+        assert "answered 500" in (row.text_content() or "")
         page.locator("[data-testid=resend-host][data-host='127.0.0.1']").click()
         page.locator("body[data-last-resend]").wait_for()
         assert page.evaluate("JSON.parse(document.body.dataset.lastResend).now") == 1
