@@ -363,3 +363,25 @@ async def test_unreachable(client: httpx.AsyncClient) -> None:
     )
     with pytest.raises(UpstreamUnreachable):
         await run(client, UpstreamCall(dead, KEY, task("hi"), seed=1))
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+async def test_the_upstream_connection_is_reused(sim: str, adapter: str) -> None:
+    """A stream read to `[DONE]` leaves its connection in the pool: three calls, one TCP
+    connection (closing a response with its last bytes unread used to cost every upstream
+    call a new connection)."""
+    connects: list[str] = []
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.started":
+            connects.append(event)
+
+    async def hook(request: httpx.Request) -> None:
+        request.extensions["trace"] = trace
+
+    async with httpx.AsyncClient(event_hooks={"request": [hook]}) as client:
+        for seed in range(3):
+            call = UpstreamCall(route(sim, adapter), KEY, task("reuse [[sim:tokens=4]]"), seed)
+            events = await run(client, call)
+            assert events.count(Finished("stop")) == 1
+    assert len(connects) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
@@ -176,6 +178,22 @@ def parse_model(model: type[_M], data: str | bytes, what: str) -> _M:
         raise UpstreamStreamBroken(f"The model provider sent an unreadable {what}.") from exc
 
 
+# After `[DONE]` an upstream ends its response (the chunked body's last bytes follow at once);
+# how long to wait for that end before giving the connection up.
+DRAIN_AFTER_DONE_S = 1.0
+
+
+async def _read_to_end(events: AsyncIterator[Any]) -> None:
+    """Read what follows `[DONE]` until the response ends, so its connection goes back to
+    the pool: a response closed with bytes unread takes its connection with it, and every
+    upstream call then paid a new TCP connection. An upstream that keeps talking after
+    `[DONE]` is cut off after DRAIN_AFTER_DONE_S (that connection is then closed)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_AFTER_DONE_S):
+            async for _ in events:
+                pass
+
+
 @dataclass(frozen=True, slots=True)
 class SSEAdapter:
     """An upstream API that answers a bearer-authenticated POST with server-sent events:
@@ -216,8 +234,10 @@ class SSEAdapter:
                         yield event
                     return
                 finished = False
-                async for sse in aiter_sse(response):
+                events = aiter_sse(response)
+                async for sse in events:
                     if sse.data == "[DONE]":
+                        await _read_to_end(events)
                         break
                     for event in self.on_event(sse.data):
                         finished = finished or isinstance(event, Finished)
