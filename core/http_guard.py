@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import httpcore
 import httpx
 
+from core.httpclient import CookielessClient
 from core.outbound import (
     OutboundPolicy,
     OutboundRefused,
@@ -171,7 +172,7 @@ class GuardedClient:
         pool = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
-        self._client = httpx.AsyncClient(
+        self._client = CookielessClient(  # shared by every tenant: no cookie jar
             transport=_GuardedTransport(GuardedBackend(policy, resolver, on_dial), pool),
             trust_env=False,
             follow_redirects=False,

@@ -17,6 +17,7 @@ from redis.asyncio import ConnectionPool
 from core.catalog import Catalog
 from core.deliveries import DeliveryStore
 from core.http_guard import FetchLimits, GuardedClient
+from core.httpclient import CookielessClient
 from core.images import ImageStore
 from core.keys import DELIVER_WEBHOOK_JOB, RUN_RESULT_JOB, Keys
 from core.logging import configure_logging
@@ -58,7 +59,7 @@ def build_adapters(settings: Settings) -> dict[str, Adapter]:
 async def on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     keys = Keys(settings.key_prefix, settings.queue_name)
-    client = httpx.AsyncClient(
+    client = CookielessClient(  # the provider calls of every tenant: no cookie jar
         limits=httpx.Limits(
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=settings.upstream_max_connections,
