@@ -29,7 +29,7 @@ from core.tracing import setup_tracing, shutdown_tracing
 from service.app import create_app
 from service.delivery import sync_waits
 from service.health import Lifecycle, lifecycle
-from service.ws import sockets_of
+from service.ws import LeanSocketProtocol, sockets_of
 
 
 class DrainingServer(uvicorn.Server):
@@ -89,6 +89,8 @@ def main() -> None:
         # state per socket would dwarf an idle socket's memory.
         ws_max_size=settings.max_body_bytes + 1,
         ws_per_message_deflate=False,
+        # uvicorn's sans-I/O protocol, made lighter per idle socket (service/ws.py)
+        ws=LeanSocketProtocol,
     )
     try:
         DrainingServer(config, lifecycle(app), settings.api_shutdown_delay_s).run()

@@ -35,6 +35,10 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, FastAPI, WebSocket
 from redis.exceptions import RedisError
+from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from core.contract import Final, ProcessingItem, ResultItem
 from core.errors import (
@@ -55,6 +59,7 @@ from service.cancel import TaskCancels, in_background
 from service.delivery import confirmed
 from service.intake import Submitted
 from service.limits import check_reads
+from service.origin import PublicOrigin, TrustedProxies
 from service.state import AppState
 from service.streaming import ChunkRenderer
 
@@ -127,8 +132,6 @@ def http_base(websocket: WebSocket) -> str:
     return "http" + base[2:] if base.startswith("ws") else base
 
 
-@router.websocket("/v1")
-@router.websocket("/v1/")
 async def task_socket(websocket: WebSocket) -> None:
     sockets = sockets_of(websocket.app)
     conn = Connection(websocket, websocket.app.state.taskwire, sockets)
@@ -713,4 +716,131 @@ class Connection:
         task.add_done_callback(done)
 
 
-__all__ = ["Connection", "Sockets", "router", "sockets_of"]
+class _Inbox:
+    """What uvicorn's protocol asks of its receive queue (put_nowait, get, empty), for its
+    one reader, without an asyncio.Queue's three deques and event (some 3 KB a socket).
+    uvicorn stops reading the socket while a message waits, so it holds a few at most."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class _Flag:
+    """asyncio.Event's set, clear and wait, with no deque until somebody waits (uvicorn's
+    "writable" flag, set unless the transport's buffer is full)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            await waiter
+        return True
+
+
+class LeanSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O websockets protocol (its default), lighter for the thousands of
+    idle sockets a process holds (`python -m service` runs uvicorn with it):
+
+    - the task socket (`/v1`, `/v1/`) goes straight to `task_socket` behind PublicOrigin
+      (service/origin.py), not through the whole application: FastAPI's and Starlette's
+      layers (error and exception middleware, exit stacks, the router) would otherwise each
+      keep a frame alive for the socket's life. They do nothing for this socket: tracing
+      and the body limit are HTTP-only, and an exception still reaches uvicorn, which closes
+      the socket. Any other path, and an app that is not taskwire's, take the usual way;
+    - its receive queue and writable flag are the lighter `_Inbox` and `_Flag`;
+    - it lets go of the upgrade request and response once the handshake is done (it never
+      reads them again).
+
+    It relies on uvicorn's internals (`queue`, `writable`, `request`, `response`,
+    `run_asgi`, uvicorn 0.54): the WebSocket tests run against it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
+
+    async def run_asgi(self) -> None:
+        if self.scope["path"] in SOCKET_PATHS:
+            door = socket_door(self.config.app)
+            if door is not None:
+                self.app = door
+        await super().run_asgi()
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if self.handshake_complete and hasattr(self, "request"):
+            del self.request, self.response
+
+
+def socket_door(app: object) -> ASGIApp | None:
+    """The task socket as an ASGI app of its own (PublicOrigin, then `task_socket`), made
+    once per application after its startup; None for an app that is not taskwire's."""
+    if not isinstance(app, FastAPI):
+        return None
+    door: ASGIApp | None = getattr(app.state, "socket_door", None)
+    if door is not None:
+        return door
+    state: AppState | None = getattr(app.state, "taskwire", None)
+    if state is None:  # not started
+        return None
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = app  # what Starlette sets: the WebSocket's `app`
+        await task_socket(WebSocket(scope, receive, send))
+
+    door = app.state.socket_door = PublicOrigin(
+        endpoint,
+        public_base_url=state.settings.public_base_url,
+        trusted=TrustedProxies(state.settings.trusted_proxies),
+    )
+    return door
+
+
+# Plain Starlette routes, not FastAPI's: FastAPI's websocket route solves dependencies
+# inside exit stacks of its own that stay open, with their frames, for the socket's life.
+SOCKET_PATHS = ("/v1", "/v1/")
+router.routes += [WebSocketRoute(path, task_socket) for path in SOCKET_PATHS]
+
+__all__ = ["Connection", "LeanSocketProtocol", "Sockets", "router", "socket_door", "sockets_of"]
