@@ -53,6 +53,25 @@ STREAMS_OPEN = Gauge(
     "Server-sent event streams open now (stream tasks and re-attached event streams).",
 )
 
+WS_SOCKETS_OPEN = Gauge(
+    "taskwire_api_ws_sockets_open",
+    "Task WebSockets (GET /v1 upgraded) open now, authenticated or not yet.",
+)
+WS_FRAMES = Counter(
+    "taskwire_api_ws_frames_received",
+    "Frames received on task WebSockets, by the task type they carry: the type when every "
+    "task of the frame has it (authentication for the first frame), mixed for several, "
+    "none for a frame that is not a JSON array of tasks.",
+    ["task_type"],
+)
+WS_CLOSED = Counter(
+    "taskwire_api_ws_sockets_closed",
+    "Task WebSockets closed, by close code: the server's (1001 shutting down, 1008 "
+    "authentication failed or the client read too slowly, 1009 a frame over the limit) or "
+    "the client's (1000, 1005 none given, 1006 dropped without a close); other for the rest.",
+    ["code"],
+)
+
 TASK_TYPES = frozenset(
     {"textInference", "getResponse", "taskCancel", "ping", "imageUpload", "authentication"}
 )
@@ -108,6 +127,37 @@ def request_refused(error: TaskwireError, owner: str | None = None) -> None:
         key_requests().labels(owner, str(error.status)).inc()
     rejected(error)
     task_answered(None, None, error.status)
+
+
+_close_code = BoundedLabel(
+    allowed=frozenset({"1000", "1001", "1005", "1006", "1008", "1009", "1011", "1012"})
+)
+
+
+def socket_opened() -> None:
+    WS_SOCKETS_OPEN.inc()
+
+
+def socket_closed(code: int | None) -> None:
+    """A task socket closed with `code` (None: dropped without a close frame, 1006)."""
+    WS_SOCKETS_OPEN.dec()
+    WS_CLOSED.labels(_close_code(1006 if code is None else code) or "other").inc()
+
+
+def socket_frame(tasks: object) -> None:
+    """A frame received on a task socket: its parsed tasks (None if it was not an array)."""
+    types = (
+        {task.get("taskType") if isinstance(task, dict) else None for task in tasks}
+        if isinstance(tasks, list)
+        else set()
+    )
+    if not types:
+        label = "none"
+    elif len(types) > 1:
+        label = "mixed"
+    else:
+        label = _task_type(types.pop()) or "none"
+    WS_FRAMES.labels(label).inc()
 
 
 def stream_opened() -> None:

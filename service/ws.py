@@ -52,6 +52,7 @@ from core.keys import TaskRef
 from core.protocol import AuthenticationTask, TaskErrors, canonical_uuid, parse_task
 from core.sessions import Outstanding, SessionStore
 from core.settings import Settings
+from service import metrics
 from service.answers import Answers, StreamPlan
 from service.api import encode_json, parse_envelope
 from service.batch import Batch, Slot
@@ -119,6 +120,17 @@ def _settle(future: asyncio.Future[None]) -> Callable[[object], None]:
     return settle
 
 
+def parse_frame(body: bytes) -> list[Any]:
+    """A frame's tasks (the envelope as POST /v1 takes it), counted by task type."""
+    try:
+        tasks = parse_envelope(body)
+    except TaskwireError:
+        metrics.socket_frame(None)
+        raise
+    metrics.socket_frame(tasks)
+    return tasks
+
+
 def sockets_of(app: FastAPI) -> Sockets:
     found: Sockets | None = getattr(app.state, "sockets", None)
     if found is None:
@@ -136,10 +148,12 @@ async def task_socket(websocket: WebSocket) -> None:
     sockets = sockets_of(websocket.app)
     conn = Connection(websocket, websocket.app.state.taskwire, sockets)
     sockets.open.add(conn)
+    metrics.socket_opened()
     try:
         await conn.run()
     finally:
         sockets.open.discard(conn)
+        metrics.socket_closed(conn.close_code)
         await conn.finish()
 
 
@@ -163,6 +177,7 @@ class Connection:
         "_writer",
         "background",
         "cancel_on_close",
+        "close_code",
         "closing",
         "owner",
         "pumps",
@@ -188,6 +203,7 @@ class Connection:
         self.background: dict[asyncio.Task[None], None] = {}
         self.pumps: dict[asyncio.Task[None], None] = {}
         self.closing = False
+        self.close_code: int | None = None  # the first close: the server's or the client's
         self._answers: Answers | None = None
         self._outbox: asyncio.Queue[tuple[bytes, Callable[[], None] | None]] | None = None
         self._frames: asyncio.Semaphore | None = None
@@ -255,9 +271,11 @@ class Connection:
         while not self.closing:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
+                self._closed_by(message)
                 break
             body = message.get("bytes") or (message.get("text") or "").encode()
             if len(body) > limit:
+                metrics.socket_frame(None)
                 error = PayloadTooLarge(f"The frame is over the {limit}-byte limit.")
                 await self._send_now({"errors": [error.to_item()]})
                 await self.close(TOO_BIG, "frame too large")
@@ -303,10 +321,16 @@ class Connection:
         for ref in owed_refs:
             in_background(cancels.on_disconnect(ref))
 
+    def _closed_by(self, message: Any) -> None:
+        if self.close_code is None:
+            self.close_code = message.get("code")
+
     async def close(self, code: int, reason: str) -> None:
         if self.closing:
             return
         self.closing = True
+        if self.close_code is None:
+            self.close_code = code
         if self._writer is not None:
             self._writer.cancel()
         with contextlib.suppress(Exception):
@@ -332,14 +356,16 @@ class Connection:
             )
             return None
         if message["type"] == "websocket.disconnect":
+            self._closed_by(message)
             return None
         body = message.get("bytes") or (message.get("text") or "").encode()
         try:
             if len(body) > self.settings.max_body_bytes:
+                metrics.socket_frame(None)
                 raise PayloadTooLarge(
                     f"The frame is over the {self.settings.max_body_bytes}-byte limit."
                 )
-            tasks = parse_envelope(body)
+            tasks = parse_frame(body)
             first = tasks[0]
             if not isinstance(first, dict) or first.get("taskType") != "authentication":
                 raise AuthenticationFailed(
@@ -441,7 +467,7 @@ class Connection:
     async def _frame(self, body: bytes, tasks: list[Any] | None) -> None:
         try:
             if tasks is None:
-                tasks = parse_envelope(body)
+                tasks = parse_frame(body)
             await check_reads(self.state.read_bucket, self.owner, tasks)
             batch = Batch(
                 owner=self.owner,
