@@ -22,7 +22,7 @@ from core.keys import (
     Keys,
     TaskRef,
 )
-from core.scheduler import LUA_LIB
+from core.scheduler import LUA_LIB, LeaseLost
 from core.store import FollowUpJob, arq_job
 
 
@@ -88,13 +88,16 @@ return got
 # KEYS: task, job, retry, pending index, host holds, failing hosts, the host's failing
 # deliveries. ARGV: queue prefix, field, state, task ttl s, next score ms (or ''), job id,
 # job ttl ms, wake channel, now ms, in-progress prefix, '1' if the attempt failed ('0' if
-# delivered, '' without a host), host. Records an attempt and gives its host slot back; then
-# either puts the job back in the queue for its next attempt (waking workers, so they know
-# when it falls due), or settles it. A failed attempt puts the delivery in its host's
-# failing index (capped, newest kept; read by the operator console), a delivery takes it out.
+# delivered, '' without a host), host, claim token. Records an attempt and gives its host
+# slot back; then either puts the job back in the queue for its next attempt (waking
+# workers, so they know when it falls due), or settles it. A failed attempt puts the
+# delivery in its host's failing index (capped, newest kept; read by the operator console),
+# a delivery takes it out. Returns 1, or -1 with nothing changed if the token's lease was
+# lost (another claim holds the job: its own attempt will be recorded).
 _RECORD = (
     LUA_LIB
     + """
+if not may_act('h', ARGV[6], ARGV[13]) then return -1 end
 redis.call('ZREM', KEYS[5], ARGV[6])
 if ARGV[11] == '1' then
   redis.call('ZADD', KEYS[7], ARGV[9], ARGV[6])
@@ -125,13 +128,15 @@ return 1
 )
 
 # KEYS: host holds, job, retry, pending index. ARGV: queue prefix, job id, now ms, hold ms,
-# limit, due ms if busy, in-progress prefix, wake channel, job ttl ms. Takes one of the
-# host's slots for this job's attempt (holds lapse, so a crashed worker's come back) and
-# returns 1; or, with the host at its limit, puts the job back in the queue until `due`
-# without counting the run as one of arq's tries, and returns 0.
+# limit, due ms if busy, in-progress prefix, wake channel, job ttl ms, claim token. Takes one
+# of the host's slots for this job's attempt (holds lapse, so a crashed worker's come back)
+# and returns 1; or, with the host at its limit, puts the job back in the queue until `due`
+# without counting the run as one of arq's tries, and returns 0; or returns -1, changing
+# nothing, if the token's lease was lost (another claim holds the job: no attempt here).
 _HOLD_HOST = (
     LUA_LIB
     + """
+if not may_act('h', ARGV[2], ARGV[10]) then return -1 end
 local job, now, hold = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZSCORE', KEYS[1], job) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[5]) then
@@ -316,11 +321,19 @@ class DeliveryStore:
         return PendingDelivery(url, json.loads(item), DeliveryState.from_json(state))
 
     async def hold_host(
-        self, ref: TaskRef, index: int, host: str, limit: int, hold_s: float, busy_s: float
+        self,
+        ref: TaskRef,
+        index: int,
+        host: str,
+        limit: int,
+        hold_s: float,
+        busy_s: float,
+        token: str = "",
     ) -> bool:
         """Take one of `host`'s `limit` slots for this delivery's attempt, held at most
         `hold_s` (True); or, if the host is at its limit, put the delivery back in the queue
-        to try again in `busy_s`, its attempts and arq's tries uncounted (False)."""
+        to try again in `busy_s`, its attempts and arq's tries uncounted (False). `token` is
+        the claim's; LeaseLost if another claim holds the job (nothing changed)."""
         job_id = self.keys.delivery_job_id(ref, index)
         now = _now_ms()
         due = now + int(busy_s * 1000)
@@ -341,8 +354,11 @@ class DeliveryStore:
                 ARQ_IN_PROGRESS_PREFIX,
                 self.keys.wake,
                 self.job_ttl_ms,
+                token,
             ],
         )
+        if int(held) < 0:
+            raise LeaseLost(job_id)
         return bool(held)
 
     async def release_host(self, ref: TaskRef, index: int, host: str) -> None:
@@ -356,13 +372,15 @@ class DeliveryStore:
         state: DeliveryState,
         retry_in_s: float | None,
         host: str = "",
+        token: str = "",
     ) -> None:
         """Store an attempt's outcome and give its `host` slot back; reschedule the job
-        (`retry_in_s`) or settle it."""
+        (`retry_in_s`) or settle it. `token` is the claim's; LeaseLost if another claim
+        holds the job (nothing recorded, rescheduled or enqueued)."""
         job_id = self.keys.delivery_job_id(ref, index)
         next_score = "" if retry_in_s is None else str(int((time.time() + retry_in_s) * 1000))
         task_ttl = self.retention_s + int(retry_in_s or 0)
-        await self._record(
+        recorded = await self._record(
             keys=[
                 self.keys.task(ref),
                 self.keys.job(job_id),
@@ -385,8 +403,11 @@ class DeliveryStore:
                 ARQ_IN_PROGRESS_PREFIX,
                 "" if not host else ("0" if state.state == "delivered" else "1"),
                 host,
+                token,
             ],
         )
+        if int(recorded) < 0:
+            raise LeaseLost(job_id)
 
     async def resend(self, ref: TaskRef, states: dict[int, DeliveryState]) -> list[int]:
         """Start a new schedule for the given results' deliveries: those delivered or failed,

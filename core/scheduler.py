@@ -21,6 +21,15 @@ so every worker and API process sees the same shares and limits:
 * **Leases.** A claimed job holds arq's in-progress key as a lease (renewed while it runs)
   and sits in `leases`, scored by the lease's end; a lease that lapses puts the job back at
   the front of its tenant's line.
+* **Claim tokens.** Each claim of a job gets a token (unique per claim, made by the claiming
+  process), returned with it and kept in `holders` (job id → token; also the in-progress
+  key's value) until the job settles. Every script that acts on a leased job (finish,
+  settle, renew, hand back, a delivery's record and reschedule) takes the caller's token and
+  acts only if it is the job's holder (`may_act`). A lapsed lease swept back into the line
+  keeps its holder until another claim takes the copy, so a run that was only slow can
+  still record its result (which unqueues the copy) or take its lease back by renewing; a
+  run whose job another claim took, or another run settled, is told "lease lost" and
+  changes nothing.
 
 Members of `delayed` and `leases` are "<class>|<job id>"; a job id starts with its owner.
 Scripts elsewhere (submit, finish, delivery records, cancel) compose `LUA_LIB` and pass the
@@ -29,7 +38,10 @@ queue prefix as ARGV[1].
 
 from __future__ import annotations
 
+import itertools
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -105,15 +117,48 @@ local function release(c, job)
   end
 end
 
--- the job's run is over (done, or gone): drop its lease and give its slot back
-local function settle(c, job, inprog)
+-- Whether the caller with `token` may act on a job: its claim is the job's latest (the
+-- `holders` hash maps a claimed job to its claim's token until the job is settled or its
+-- copy taken out of the queue; a lapsed lease swept back into the line keeps its holder
+-- until another claim takes the copy). A job no claim holds (never claimed, or settled) is
+-- open only to callers without a token ('': tools, tests). Otherwise: "lease lost".
+local function may_act(c, job, token)
+  local holder = redis.call('HGET', QP .. 'holders', job)
+  if holder then return holder == token end
+  return token == ''
+end
+
+-- the job's lease ends: out of `leases`, its slot given back, its in-progress key gone
+local function drop_lease(c, job, inprog)
   if redis.call('ZREM', QP .. 'leases', c .. '|' .. job) == 1 then release(c, job) end
   redis.call('DEL', inprog .. job)
 end
 
--- the job runs again at `due` (a later attempt): out of the leases, back in the queue
+-- the job's run is over (done, or gone): drop its lease and its holder
+local function settle(c, job, inprog)
+  drop_lease(c, job, inprog)
+  redis.call('HDEL', QP .. 'holders', job)
+end
+
+-- take a job out of the queue before it ran; true if it was waiting there (a copy
+-- re-queued after a lapsed lease: its holder goes with it)
+local function unqueue(c, job)
+  local o = owner_of(job)
+  local removed = redis.call('ZREM', QP .. 'ready:' .. c .. ':' .. o, job)
+  if removed == 1 then
+    redis.call('HINCRBY', QP .. 'depth', c, -1)
+    if c ~= 'h' then redis.call('HINCRBY', QP .. 'queued', o, -1) end
+  end
+  removed = removed + redis.call('ZREM', QP .. 'delayed', c .. '|' .. job)
+  if removed > 0 then redis.call('HDEL', QP .. 'holders', job) end
+  return removed > 0
+end
+
+-- the job runs again at `due` (a later attempt): out of the leases, back in the queue (a
+-- copy re-queued after its lease lapsed is replaced, never doubled)
 local function reschedule(c, job, due, now, inprog)
   settle(c, job, inprog)
+  unqueue(c, job)
   enqueue(c, job, due, now)
 end
 
@@ -126,24 +171,15 @@ local function queued_or_leased(c, job, inprog)
     or redis.call('EXISTS', inprog .. job) == 1
 end
 
--- take a job out of the queue before it ran; true if it was waiting there
-local function unqueue(c, job)
-  local o = owner_of(job)
-  local removed = redis.call('ZREM', QP .. 'ready:' .. c .. ':' .. o, job)
-  if removed == 1 then
-    redis.call('HINCRBY', QP .. 'depth', c, -1)
-    if c ~= 'h' then redis.call('HINCRBY', QP .. 'queued', o, -1) end
-  end
-  removed = removed + redis.call('ZREM', QP .. 'delayed', c .. '|' .. job)
-  return removed > 0
-end
 """
 
 # ARGV: queue prefix, tenant prefix, now ms, lease ms, limit, batch share, default weight,
 # default running results, default running deliveries, in-progress prefix, task-key head,
-# the classes this claim may take (e.g. "ibh", or "i" when the worker is busy), then the
-# task-record fields to prefetch. Returns the next due time (ms, or -1), then per
-# claimed job: its member ("<class>|<id>") and the HMGET of its task record (results only).
+# the classes this claim may take (e.g. "ibh", or "i" when the worker is busy), the claim's
+# token prefix (unique per claim call: "<holder>:<sequence>"), then the task-record fields
+# to prefetch. Returns the next due time (ms, or -1), then per claimed job: its member
+# ("<class>|<id>"), its claim token ("<prefix>.<n>", kept in `holders` and as the in-progress
+# key's value) and the HMGET of its task record (results only).
 _CLAIM = (
     LUA_LIB
     + """
@@ -156,8 +192,9 @@ local defaults = {weight = tonumber(ARGV[7]), r = tonumber(ARGV[8]), h = tonumbe
 local inprog = ARGV[10]
 local task_head = ARGV[11]
 local allowed = ARGV[12]
+local token_prefix = ARGV[13]
 local fields = {}
-for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
 
 -- delayed work that fell due joins its line
 local due = redis.call('ZRANGEBYSCORE', QP .. 'delayed', '-inf', now,
@@ -176,7 +213,8 @@ for _, m in ipairs(lapsed) do
   if ttl > 0 then
     redis.call('ZADD', QP .. 'leases', now + ttl, m)
   else
-    settle(c, job, inprog)
+    -- its holder is kept: a run that was only slow may still record (and unqueue the copy)
+    drop_lease(c, job, inprog)
     make_ready(c, job, 0)
   end
 end
@@ -250,7 +288,8 @@ while taken < limit and tries < limit * 4 + 64 do
     else
       redis.call('ZREM', index, o)
     end
-    if redis.call('SET', inprog .. job, '1', 'NX', 'PX', lease) == false then
+    local token = token_prefix .. '.' .. (taken + 1)
+    if redis.call('SET', inprog .. job, token, 'NX', 'PX', lease) == false then
       -- an earlier run of this job id still holds it: look again when that lease ends
       redis.call('ZADD', QP .. 'delayed', now + lease, c .. '|' .. job)
     else
@@ -261,6 +300,8 @@ while taken < limit and tries < limit * 4 + 64 do
       taken = taken + 1
       started[c] = (started[c] or 0) + 1
       claimed[#claimed + 1] = member
+      claimed[#claimed + 1] = token
+      redis.call('HSET', QP .. 'holders', job, token)
       local head_id, result_index = string.match(job, '^(.*):(%d+)$')
       if head_id then
         local wanted = {unpack(fields)}
@@ -289,48 +330,77 @@ return claimed
 """
 )
 
-# ARGV: queue prefix, now ms, lease ms, in-progress prefix, members... Extends the leases of
-# jobs still running; a job already settled is skipped.
+# ARGV: queue prefix, now ms, lease ms, in-progress prefix, then (member, token) pairs.
+# Extends the leases the tokens hold. A run whose lease lapsed while nobody claimed its job
+# (a stalled loop) takes it back: its lapsed lease, or the copy swept back into the line
+# (taken out again). Returns the tokens whose lease is lost: another claim holds the job, or
+# it was settled (by another run): those runs must stop and leave no trace.
 _RENEW = (
     LUA_LIB
     + """
 local now, lease, inprog = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-for i = 5, #ARGV do
-  local _, job = split_member(ARGV[i])
-  if redis.call('PEXPIRE', inprog .. job, lease) == 1 then
-    redis.call('ZADD', QP .. 'leases', 'XX', now + lease, ARGV[i])
+local lost = {}
+for i = 5, #ARGV, 2 do
+  local m, token = ARGV[i], ARGV[i + 1]
+  local c, job = split_member(m)
+  if redis.call('HGET', QP .. 'holders', job) ~= token then
+    lost[#lost + 1] = token
+  elseif redis.call('PEXPIRE', inprog .. job, lease) == 1 then
+    redis.call('ZADD', QP .. 'leases', 'XX', now + lease, m)
+  elseif redis.call('ZSCORE', QP .. 'leases', m) then
+    redis.call('SET', inprog .. job, token, 'PX', lease)
+    redis.call('ZADD', QP .. 'leases', now + lease, m)
+  elseif unqueue(c, job) then
+    redis.call('HSET', QP .. 'holders', job, token)
+    redis.call('SET', inprog .. job, token, 'PX', lease)
+    redis.call('ZADD', QP .. 'leases', now + lease, m)
+    redis.call('HINCRBY', QP .. 'running', kind_of(c) .. ':' .. owner_of(job), 1)
   end
 end
-return 1
+return lost
 """
 )
 
-# ARGV: queue prefix, now ms, in-progress prefix, due ms ('' for now), members... A job whose
-# run stopped here without an outcome (shutdown, a crash inside arq) runs again.
+# ARGV: queue prefix, now ms, in-progress prefix, due ms ('' for now), then (member, token)
+# pairs. A job whose run stopped here without an outcome (shutdown, a crash inside arq) runs
+# again. Returns the tokens whose lease was lost (nothing done for those).
 _HAND_BACK = (
     LUA_LIB
     + """
 local now, inprog = ARGV[2], ARGV[3]
 local due = ARGV[4]
 if due == '' then due = now end
-for i = 5, #ARGV do
+local lost = {}
+for i = 5, #ARGV, 2 do
   local c, job = split_member(ARGV[i])
-  if redis.call('ZSCORE', QP .. 'leases', ARGV[i]) then reschedule(c, job, due, now, inprog) end
+  if may_act(c, job, ARGV[i + 1]) then
+    reschedule(c, job, due, now, inprog)
+  else
+    lost[#lost + 1] = ARGV[i + 1]
+  end
 end
-return 1
+return lost
 """
 )
 
-# ARGV: queue prefix, in-progress prefix, members... The job is over without a result of
-# its own to record (arq gave up on it, or its record is gone).
+# ARGV: queue prefix, in-progress prefix, then (member, token) pairs. The job is over
+# without a result of its own to record (arq gave up on it, or its record is gone): its
+# lease is dropped and a copy re-queued after it lapsed is taken out too. Returns the tokens
+# whose lease was lost (nothing done for those).
 _SETTLE = (
     LUA_LIB
     + """
-for i = 3, #ARGV do
+local lost = {}
+for i = 3, #ARGV, 2 do
   local c, job = split_member(ARGV[i])
-  settle(c, job, ARGV[2])
+  if may_act(c, job, ARGV[i + 1]) then
+    settle(c, job, ARGV[2])
+    unqueue(c, job)
+  else
+    lost[#lost + 1] = ARGV[i + 1]
+  end
 end
-return 1
+return lost
 """
 )
 
@@ -345,6 +415,15 @@ redis.call('PUBLISH', ARGV[3], '1')
 return 1
 """
 )
+
+
+class LeaseLost(Exception):
+    """A claim's lease on a job is lost: another claim holds the job (or another run settled
+    it). The script refused and changed nothing; the run must be dropped without a trace."""
+
+    def __init__(self, job_id: str):
+        super().__init__(job_id)
+        self.job_id = job_id
 
 
 def member(job_class: str, job_id: str) -> str:
@@ -367,15 +446,36 @@ class Fairness:
     max_deliveries: int = 50
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claim's hold on a job: the job's member ("<class>|<id>") and the claim's token."""
+
+    member: str
+    token: str
+
+
 @dataclass(slots=True)
 class ClaimedJob:
     job_id: str
     job_class: str
     job_input: JobInput | None  # None for deliveries, or when the task record is gone
+    token: str = ""  # this claim's token: what shows the lease is still its own
 
     @property
     def member(self) -> str:
         return member(self.job_class, self.job_id)
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.member, self.token)
+
+
+def _lease_args(leases: Sequence[Lease]) -> list[str]:
+    return [part for lease in leases for part in (lease.member, lease.token)]
+
+
+def _tokens(reply: list[Any]) -> set[str]:
+    return {token.decode() if isinstance(token, bytes) else token for token in reply}
 
 
 class Scheduler:
@@ -391,6 +491,9 @@ class Scheduler:
         self._settle = redis.register_script(_SETTLE)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._redis = redis
+        # claim tokens are "<holder>:<claim call>.<n>": unique without a Redis round trip
+        self._holder = uuid.uuid4().hex[:12]
+        self._claims = itertools.count(1)
 
     async def enqueue(self, jobs: list[tuple[str, str, int | None]]) -> None:
         """Queue (class, job id, due ms or None for now) whose arq job keys exist."""
@@ -425,48 +528,61 @@ class Scheduler:
                 ARQ_IN_PROGRESS_PREFIX,
                 self.keys.task_head,
                 classes,
+                f"{self._holder}:{next(self._claims)}",
                 *JOB_INPUT_FIELDS,
             ],
         )
         next_due = float(reply[0])
         jobs = []
-        for i in range(1, len(reply), 2):
+        for i in range(1, len(reply), 3):
             job_class, job_id = split_member(reply[i].decode())
             _, _, index = job_id.rpartition(":")
-            fields = reply[i + 1]
+            fields = reply[i + 2]
             job_input = job_input_from(fields, int(index)) if fields and index.isdigit() else None
-            jobs.append(ClaimedJob(job_id, job_class, job_input))
+            jobs.append(ClaimedJob(job_id, job_class, job_input, reply[i + 1].decode()))
         return jobs, (next_due / 1000 if next_due >= 0 else None)
 
-    async def renew(self, members: list[str]) -> None:
-        if members:
-            await self._renew(
-                args=[
-                    self.keys.queue_prefix,
-                    now_ms(),
-                    self.lease_ms,
-                    ARQ_IN_PROGRESS_PREFIX,
-                    *members,
-                ]
-            )
+    async def renew(self, leases: Sequence[Lease]) -> set[str]:
+        """Extend these leases; the tokens of those lost (another claim holds the job, or
+        it is settled): their runs must stop and leave no trace."""
+        if not leases:
+            return set()
+        lost = await self._renew(
+            args=[
+                self.keys.queue_prefix,
+                now_ms(),
+                self.lease_ms,
+                ARQ_IN_PROGRESS_PREFIX,
+                *_lease_args(leases),
+            ]
+        )
+        return _tokens(lost)
 
-    async def hand_back(self, members: list[str], due_ms: int | None = None) -> None:
-        """Make jobs whose run ended here without an outcome due again (now, or later)."""
-        if members:
-            await self._hand_back(
-                args=[
-                    self.keys.queue_prefix,
-                    now_ms(),
-                    ARQ_IN_PROGRESS_PREFIX,
-                    "" if due_ms is None else due_ms,
-                    *members,
-                ]
-            )
+    async def hand_back(self, leases: Sequence[Lease], due_ms: int | None = None) -> set[str]:
+        """Make jobs whose run ended here without an outcome due again (now, or later); the
+        tokens of leases lost (those jobs were left alone)."""
+        if not leases:
+            return set()
+        lost = await self._hand_back(
+            args=[
+                self.keys.queue_prefix,
+                now_ms(),
+                ARQ_IN_PROGRESS_PREFIX,
+                "" if due_ms is None else due_ms,
+                *_lease_args(leases),
+            ]
+        )
+        return _tokens(lost)
 
-    async def settle(self, members: list[str]) -> None:
-        """Jobs that are over without a result script of their own (arq gave up on them)."""
-        if members:
-            await self._settle(args=[self.keys.queue_prefix, ARQ_IN_PROGRESS_PREFIX, *members])
+    async def settle(self, leases: Sequence[Lease]) -> set[str]:
+        """Jobs that are over without a result script of their own (arq gave up on them);
+        the tokens of leases lost (those jobs were left alone)."""
+        if not leases:
+            return set()
+        lost = await self._settle(
+            args=[self.keys.queue_prefix, ARQ_IN_PROGRESS_PREFIX, *_lease_args(leases)]
+        )
+        return _tokens(lost)
 
 
 async def outstanding(redis: Redis, keys: Keys) -> int:

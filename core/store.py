@@ -99,6 +99,7 @@ class FollowUpJob:
 @dataclass(slots=True)
 class FinishOutcome:
     written: bool
+    lease_lost: bool = False  # another claim holds the job (or another run settled it)
     done: int = 0
     number_results: int = 0
     errors: int = 0
@@ -220,20 +221,25 @@ end
 )
 
 # Records a final result unless one is there, publishes it after the pending deltas, and
-# settles the job (its lease and arq keys) in the same step, enqueuing a follow-up job.
+# settles the job (its lease and arq keys) in the same step, enqueuing a follow-up job; but
+# only for the claim that may act on the job (core/scheduler.py `may_act`): a run whose
+# lease lapsed and was claimed by another, or whose job was settled by another run, changes
+# nothing and gets {-2} ("lease lost"). A second final result for the slot is refused by
+# record_final (HSETNX) before anything is appended, published or enqueued: {0}.
 # KEYS: task, events, arq job, arq retry. ARGV: queue prefix, result field, item, final
 # event, retention s, stream maxlen, 1 if an error, job id, job class, in-progress prefix,
-# follow-up (JSON or ''), pending delta events...
+# follow-up (JSON or ''), claim token, pending delta events...
 _FINISH = (
     LUA_LIB
     + RECORD_FINAL
     + """
+if not may_act(ARGV[9], ARGV[8], ARGV[12]) then return {-2} end
 settle(ARGV[9], ARGV[8], ARGV[10])
 unqueue(ARGV[9], ARGV[8])  -- a copy re-queued after this run's lease lapsed has no work left
 redis.call('DEL', KEYS[3], KEYS[4])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local recorded = record_final(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
-                              ARGV[7], ARGV[11], {unpack(ARGV, 12)})
+                              ARGV[7], ARGV[11], {unpack(ARGV, 13)})
 if not recorded then return {0} end
 local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local created = redis.call('HGET', KEYS[1], 'created')
@@ -460,11 +466,14 @@ class TaskStore:
         pending: Sequence[Delta] = (),
         then: FollowUpJob | None = None,
         job_class: str = INTERACTIVE,
+        token: str = "",
     ) -> FinishOutcome:
         """Record a final result unless one is already there, publish it after the
         still-pending delta events, settle the result's job (lease, running slot and arq
         keys; `job_class` is the queue class it was claimed from) and enqueue `then` (with
-        the record field it sets), all in one step."""
+        the record field it sets), all in one step. `token` is the claim's (core/scheduler.py):
+        if another claim holds the job, nothing happens (`lease_lost`); '' holds no lease
+        (it may act only on a job no claim holds)."""
         index = final.index
         job_id = self.keys.job_id(ref, index)
         follow = self.follow_up_json(then)
@@ -488,11 +497,12 @@ class TaskStore:
                 job_class,
                 ARQ_IN_PROGRESS_PREFIX,
                 follow,
+                token,
                 *(delta.encode() for delta in pending),
             ],
         )
         if int(reply[0]) != 1:
-            return FinishOutcome(written=False)
+            return FinishOutcome(written=False, lease_lost=int(reply[0]) == -2)
         return FinishOutcome(
             written=True,
             done=int(reply[1]),

@@ -17,6 +17,10 @@ from core.jobs import JobInput
 if TYPE_CHECKING:
     from worker.jobs import WorkerDeps
 
+# The stop code of a run whose lease was lost (another claim holds its job). Never recorded:
+# such a run is dropped without a trace.
+LEASE_LOST = "leaseLost"
+
 
 @dataclass(slots=True)
 class StopSignal:
@@ -32,14 +36,26 @@ class StopSignal:
         self.event.set()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Claim:
-    """What the claim that leased a job knew of it, and how the worker tells it to stop."""
+    """What the claim that leased a job knew of it, and how the worker tells it to stop.
+    One per run: a job claimed again (after its lease lapsed) gets a new one."""
 
     job_class: str  # the scheduler's class: "i", "b" or "h"
     job_input: JobInput | None  # the task record's fields (results), if read
     prefetched: bool  # whether job_input was read at claim time
+    token: str = ""  # the claim's token (core/scheduler.py); '' for a run without a claim
     stop: StopSignal = field(default_factory=StopSignal)
+    # Set by a job that settled itself (its own script removed its lease and arq keys),
+    # so the runner skips arq's bookkeeping for it.
+    settled: bool = False
+    # Set when a script said the lease is lost (another claim holds the job, or another run
+    # settled it): the run stops and leaves no trace, arq's bookkeeping included.
+    lost: bool = False
+
+    def lose(self) -> None:
+        self.lost = True
+        self.stop.request(LEASE_LOST)
 
 
 @dataclass(slots=True)
@@ -48,9 +64,30 @@ class JobContext:
     job_id: str
     job_try: int  # 1 on the first run; a re-run after a crash or hand-back counts up
     claim: Claim
-    # Set by a job that settled itself (its own script removed its lease and arq keys),
-    # so the runner skips arq's bookkeeping for it.
-    settled: bool = field(default=False)
+
+    @property
+    def settled(self) -> bool:
+        """Whether the job settled itself (its own script removed its lease and arq keys),
+        so the runner skips arq's bookkeeping for it."""
+        return self.claim.settled
+
+    @settled.setter
+    def settled(self, value: bool) -> None:
+        self.claim.settled = value
+
+    @property
+    def token(self) -> str:
+        """The claim's token: what shows a script the lease is still this run's."""
+        return self.claim.token
+
+    @property
+    def lease_lost(self) -> bool:
+        """Another claim holds the job now: this run must leave no trace."""
+        return self.claim.lost
+
+    def lose_lease(self) -> None:
+        """A script refused this run (lease lost): stop it and skip arq's bookkeeping."""
+        self.claim.lose()
 
     @property
     def job_class(self) -> str:

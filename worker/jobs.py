@@ -71,12 +71,23 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
         if job.cancel is not None:  # cancelled while this job was being claimed
             stop.request(job.cancel)
         expiry = _arm_deadline(task, job.created_ms, stop)
-        publisher = await _publisher(deps, ref, index, job_try, task, job_ctx.job_class)
+        publisher = await _publisher(deps, ref, index, job_try, task, job_ctx)
         try:
             outcome = await _produce(deps, task, index, job.seed, publisher, job_try, ref, stop)
-            delivery = deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
-            with span("result.write"):
-                finish = await _finish(publisher, outcome.item, delivery)
+            finish = FinishOutcome(written=False, lease_lost=True)
+            if not job_ctx.lease_lost:  # (renewing found another claim holding the job)
+                delivery = (
+                    deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
+                )
+                with span("result.write"):
+                    finish = await _finish(publisher, outcome.item, delivery)
+            if finish.lease_lost:
+                # Another worker runs this job now (this one's lease lapsed): nothing of this
+                # run is recorded, published or counted, and arq's bookkeeping is skipped.
+                job_ctx.lose_lease()
+                publisher.close()
+                log.warning("result.lease_lost", status=outcome.item.status)
+                return
             job_ctx.settled = True
             traced.set(_trace_outcome(outcome, finish), error=_error_code(outcome.item))
             await _record_usage(deps, ref.owner, outcome, finish)
@@ -124,7 +135,7 @@ async def _publisher(
     index: int,
     job_try: int,
     task: TextInferenceTask,
-    job_class: str,
+    job_ctx: JobContext,
 ) -> ResultPublisher:
     """The result's event writer; a re-run starts from what an earlier run published."""
     settings = deps.settings
@@ -142,7 +153,8 @@ async def _publisher(
         max_chars=settings.stream_flush_chars,
         published_text=prior_text,
         published_reasoning=prior_reasoning,
-        job_class=job_class,
+        job_class=job_ctx.job_class,
+        token=job_ctx.token,
     )
 
 

@@ -50,9 +50,11 @@ class ResultPublisher:
         published_text: str = "",
         published_reasoning: str = "",
         job_class: str = "i",
+        token: str = "",
     ):
         self._store = store
         self._job_class = job_class
+        self._token = token  # the claim's: the final write is refused if its lease was lost
         self._ref = ref
         self._index = index
         self._attempt = attempt
@@ -181,7 +183,7 @@ class ResultPublisher:
         final = Final(self._index, self._attempt, item)
         try:
             outcome = await self._store.finish_result(
-                self._ref, final, pending, then, self._job_class
+                self._ref, final, pending, then, self._job_class, self._token
             )
         except BaseException:
             self._outbox[:0] = pending

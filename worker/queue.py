@@ -15,6 +15,12 @@ exits on the first Redis error. Here:
   `job_function`, which builds a `JobContext` from arq's ctx dict.
 * **Settled by the job.** A result job settles its arq job in the same script that records
   its result, so arq's own finish round trip is skipped for it.
+* **Claim tokens.** Each run carries its claim's token (a context variable set when the run
+  starts, so two runs of one job id in this process never mix them up) to every script that
+  acts on its lease: renewals, settling, hand-backs, the result's and deliveries' records.
+  A script that answers "lease lost" (another claim holds the job) changed nothing; the run
+  is stopped and dropped, arq's own bookkeeping skipped, so a worker that was cut off for
+  longer than a lease never settles, records or re-queues a job another worker now runs.
 * **Cancels reach running jobs.** Workers listen on the cancel channel (core/cancel.py
   publishes the job ids of running results it marked) beside the wake-ups, on the same
   connection, and raise the job's stop signal; after a (re)subscribe they look for marks set
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -40,7 +47,7 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from core.errors import TASK_CANCELLED
-from core.scheduler import HOOK, ClaimedJob, Scheduler, member, now_ms
+from core.scheduler import HOOK, ClaimedJob, Lease, Scheduler, member, now_ms
 from worker import metrics as worker_metrics
 from worker.admission import ALL_CLASSES, INTERACTIVE_ONLY, LagMonitor
 from worker.context import Claim, JobContext
@@ -82,6 +89,8 @@ class QueueWorker(Worker):
         # (a job that settled itself says so there, and arq's bookkeeping is skipped).
         self.claims: dict[str, Claim] = {}
         self.contexts: dict[str, JobContext] = {}
+        # Every run in progress, by claim token, with its job id (what renewals extend).
+        self._runs: dict[str, tuple[str, Claim]] = {}
         # Cancels heard for jobs not (yet) started here, by job id: a claim's reply and the
         # cancel message that follows it may arrive in either order.
         self._cancels_heard: dict[str, float] = {}
@@ -189,11 +198,15 @@ class QueueWorker(Worker):
     def _start(self, job: ClaimedJob) -> None:
         self.job_counter += 1
         job_id = job.job_id
-        claim = Claim(job.job_class, job.job_input, prefetched=True)
+        claim = Claim(job.job_class, job.job_input, prefetched=True, token=job.token)
         self.claims[job_id] = claim
+        self._runs[job.token] = (job_id, claim)
         if self._cancels_heard.pop(job_id, None) is not None:
             claim.stop.request(TASK_CANCELLED)
-        task = self.loop.create_task(self.run_job(job_id, now_ms()))
+        # the run (arq's run_job, the job function, arq's finish hooks) sees its own claim
+        run = contextvars.copy_context()
+        run.run(_RUN.set, claim)
+        task = self.loop.create_task(self.run_job(job_id, now_ms()), context=run)
         task.add_done_callback(lambda _task: self._job_done(job_id, claim))
         worker_metrics.job_started(job.job_class)
         task.add_done_callback(lambda _task: worker_metrics.job_ended(job.job_class))
@@ -201,6 +214,7 @@ class QueueWorker(Worker):
 
     def _job_done(self, job_id: str, claim: Claim) -> None:
         self.job_counter -= 1
+        self._runs.pop(claim.token, None)
         # the same job id may have been claimed again here (after a lapsed lease): forget
         # only this run's state
         if self.claims.get(job_id) is claim:
@@ -270,16 +284,29 @@ class QueueWorker(Worker):
         interval = self.in_progress_timeout_s / 3
         while True:
             await asyncio.sleep(interval)
-            running = [
-                self._member(job_id) for job_id, task in self.tasks.items() if not task.done()
+            runs = [
+                (job_id, claim)
+                for job_id, claim in self._runs.values()
+                if not (claim.settled or claim.lost)
             ]
             try:
-                await self._register(len(running))
-                await self.scheduler.renew(running)
-            except (RedisError, OSError) as exc:
-                log.warning(
-                    "worker.lease_renewal_failed", error=type(exc).__name__, jobs=len(running)
+                await self._register(len(runs))
+                lost = await self.scheduler.renew(
+                    [Lease(member(claim.job_class, job_id), claim.token) for job_id, claim in runs]
                 )
+            except (RedisError, OSError) as exc:
+                log.warning("worker.lease_renewal_failed", error=type(exc).__name__, jobs=len(runs))
+                continue
+            for job_id, claim in runs:
+                if claim.token in lost and not claim.settled:
+                    self._lease_lost(job_id, claim, "renew")
+
+    def _lease_lost(self, job_id: str, claim: Claim, step: str) -> None:
+        """Another claim holds the job (this one's lease lapsed): stop the run, leave no
+        trace of it."""
+        if not claim.lost:
+            log.warning("worker.lease_lost", job_id=job_id, step=step, token=claim.token)
+        claim.lose()
 
     async def _register(self, running: int = 0) -> None:
         """Announce this worker and its load; the key lapses soon after the worker dies."""
@@ -289,11 +316,22 @@ class QueueWorker(Worker):
 
     # --- arq hooks adjusted
 
+    def _claim_of(self, job_id: str) -> Claim | None:
+        """The claim of the run calling (its context variable), else the job id's latest."""
+        claim = _RUN.get()
+        if claim is not None:
+            return claim
+        return self.claims.get(job_id)
+
     def _member(self, job_id: str) -> str:
-        claim = self.claims.get(job_id)
+        claim = self._claim_of(job_id)
         if claim is not None:
             return member(claim.job_class, job_id)
         return member(HOOK if job_id.endswith(":webhook") else "b", job_id)
+
+    def _lease(self, job_id: str) -> tuple[Lease, Claim | None]:
+        claim = self._claim_of(job_id)
+        return Lease(self._member(job_id), claim.token if claim else ""), claim
 
     async def finish_job(
         self,
@@ -305,9 +343,22 @@ class QueueWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        context = self.contexts.get(job_id)
-        if finish and context is not None and context.settled:
-            return  # the job's own script already settled it
+        lease, claim = self._lease(job_id)
+        if claim is not None and (claim.settled or claim.lost):
+            return  # the job's own script already settled it, or another claim holds it
+        if not finish:
+            # Cancelled here (shutdown) or asked to retry: due again now (or after the
+            # retry's delay), not when the lease ends; its running slot is given back. (arq's
+            # own step would only delete the in-progress key, which the hand-back does.)
+            due = now_ms() + incr_score if incr_score else None
+            if await self.scheduler.hand_back([lease], due):
+                self._lost(job_id, claim, "hand_back")
+            return
+        # Settled first, under the claim's token: arq's step deletes the job's keys, which
+        # must never happen to a job another claim holds.
+        if await self.scheduler.settle([lease]):
+            self._lost(job_id, claim, "settle")
+            return
         await super().finish_job(
             job_id,
             finish,
@@ -317,18 +368,22 @@ class QueueWorker(Worker):
             incr_score,
             keep_in_progress,
         )
-        if finish:
-            await self.scheduler.settle([self._member(job_id)])
-        else:
-            # Cancelled here (shutdown) or asked to retry: due again now (or after the
-            # retry's delay), not when the lease ends; its running slot is given back.
-            due = now_ms() + incr_score if incr_score else None
-            await self.scheduler.hand_back([self._member(job_id)], due)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq gave up on the job before running it (expired, undecodable, out of tries)."""
+        lease, claim = self._lease(job_id)
+        if claim is not None and claim.lost:
+            return
+        if await self.scheduler.settle([lease]):
+            self._lost(job_id, claim, "settle")
+            return
         await super().finish_failed_job(job_id, result_data)
-        await self.scheduler.settle([self._member(job_id)])
+
+    def _lost(self, job_id: str, claim: Claim | None, step: str) -> None:
+        if claim is not None:
+            self._lease_lost(job_id, claim, step)
+        else:
+            log.warning("worker.lease_lost", job_id=job_id, step=step)
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -340,6 +395,8 @@ class QueueWorker(Worker):
 
 
 _WORKER = "taskwire_worker"  # where the seam finds the worker in arq's ctx
+# The claim of the run in whose task (or a task it started) the code runs: set by _start.
+_RUN: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("taskwire_run", default=None)
 _HEARD_FOR_S = 30.0  # how long a cancel for a job not running here is remembered
 
 
@@ -351,7 +408,7 @@ def job_function(function: Callable[..., Awaitable[None]]) -> WorkerCoroutine:
     async def arq_job(ctx: dict[str, Any], *args: Any) -> None:
         worker: QueueWorker = ctx[_WORKER]
         job_id: str = ctx["job_id"]
-        claim = worker.claims.get(job_id)
+        claim = _RUN.get() or worker.claims.get(job_id)
         if claim is None:  # not started by _start: registered here, so cancels can find it
             claim = worker.claims[job_id] = Claim(worker._member(job_id)[0], None, False)
         context = JobContext(ctx["deps"], job_id, int(ctx["job_try"]), claim)

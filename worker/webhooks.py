@@ -27,6 +27,7 @@ from core.deliveries import DeliveryState, DeliveryStore, PendingDelivery
 from core.http_guard import GuardedClient
 from core.keys import TaskRef
 from core.outbound import OutboundRefused, split_url
+from core.scheduler import LeaseLost
 from core.webhooks import RetrySchedule, WebhookSecrets, message_id, signature_header
 from worker import metrics as worker_metrics
 from worker.context import JobContext
@@ -57,8 +58,9 @@ class WebhookDeliverer:
     max_per_host: int = 50
     host_busy_delay_s: float = 1.0
 
-    async def hold_host(self, ref: TaskRef, index: int, host: str) -> bool:
-        """A slot for one attempt to `host`; False: the delivery was put back in the queue."""
+    async def hold_host(self, ref: TaskRef, index: int, host: str, token: str = "") -> bool:
+        """A slot for one attempt to `host`; False: the delivery was put back in the queue.
+        LeaseLost if another claim holds the job (`token` is this run's claim's)."""
         return await self.deliveries.hold_host(
             ref,
             index,
@@ -66,6 +68,7 @@ class WebhookDeliverer:
             self.max_per_host,
             self.client.deadline_s + HOLD_MARGIN_S,
             self.host_busy_delay_s * random.uniform(0.5, 1.5),
+            token,
         )
 
     async def attempt(self, url: str, msg_id: str, owner: str, body: bytes) -> AttemptResult:
@@ -144,16 +147,22 @@ async def deliver_webhook(job: JobContext, owner: str, task_uuid: str, index: in
         log.info("webhook.nothing_to_deliver", task_uuid=task_uuid, result_index=index)
         return
     host = _host_of(pending.url)
-    if host and not await deliverer.hold_host(ref, index, host):
-        job.settled = True
-        log.debug("webhook.host_busy", task_uuid=task_uuid, result_index=index, host=host)
-        return
     recorded = False
-    # the task's trace (its API request), read only when tracing is on
-    carrier = await job.deps.store.trace_carrier(ref) if tracing.active() else None
     try:
-        await _attempt(deliverer, ref, index, pending, host, carrier)
+        if host and not await deliverer.hold_host(ref, index, host, job.token):
+            job.settled = True
+            log.debug("webhook.host_busy", task_uuid=task_uuid, result_index=index, host=host)
+            return
+        # the task's trace (its API request), read only when tracing is on
+        carrier = await job.deps.store.trace_carrier(ref) if tracing.active() else None
+        await _attempt(deliverer, ref, index, pending, host, carrier, job.token)
         recorded = job.settled = True
+    except LeaseLost:
+        # Another worker holds this delivery now (this run's lease lapsed): its attempt is
+        # that worker's to record; this run changes nothing (its host hold, if any, lapses).
+        recorded = True
+        job.lose_lease()
+        log.warning("webhook.lease_lost", task_uuid=task_uuid, result_index=index)
     finally:
         if host and not recorded:
             with contextlib.suppress(RedisError, OSError):  # else the hold lapses by itself
@@ -175,6 +184,7 @@ async def _attempt(
     pending: PendingDelivery,
     host: str,
     carrier: bytes | None = None,
+    token: str = "",
 ) -> None:
     msg_id = message_id(ref.uuid, index)
     body = json.dumps({"data": [pending.item]}, separators=(",", ":"), ensure_ascii=False).encode()
@@ -184,7 +194,7 @@ async def _attempt(
     state, retry_in = deliverer.next_state(pending.state, outcome)
     worker_metrics.webhook_attempt(outcome.status, state.state, pending.state.next_at, started)
     tracing.end_span(span, _span_outcome(outcome, state), error=state.last_error)
-    await _record(deliverer.deliveries, ref, index, state, retry_in, host)
+    await _record(deliverer.deliveries, ref, index, state, retry_in, host, token)
     log.info(
         "webhook.attempt",
         task_uuid=ref.uuid,
@@ -221,6 +231,7 @@ async def _record(
     state: DeliveryState,
     retry_in: float | None,
     host: str,
+    token: str = "",
 ) -> None:
     """Store an attempt's outcome, riding out a short Redis outage (the write is idempotent;
     past the deadline the job fails, and the sweep finds the delivery again)."""
@@ -228,7 +239,7 @@ async def _record(
     deadline = time.monotonic() + RECORD_DEADLINE_S
     while True:
         try:
-            await deliveries.record(ref, index, state, retry_in, host)
+            await deliveries.record(ref, index, state, retry_in, host, token)
             return
         except (RedisError, OSError) as exc:
             if time.monotonic() > deadline:

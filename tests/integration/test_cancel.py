@@ -111,7 +111,7 @@ async def test_the_claim_prefetches_the_mark(store: TaskStore, redis_async: aior
     [job], _ = await sched.claim(1)
     assert job.job_input is not None and job.job_input.cancel is None
     await cancel(store, record)
-    await sched.hand_back([job.member])  # e.g. its worker shut down before it stopped
+    await sched.hand_back([job.lease])  # e.g. its worker shut down before it stopped
     [again], _ = await sched.claim(1)
     assert again.job_input is not None and again.job_input.cancel == TASK_CANCELLED
 
@@ -124,7 +124,9 @@ async def test_final_results_are_kept_and_cancelling_is_idempotent(
     claimed, _ = await sched.claim(1)
     index = int(claimed[0].job_id.rsplit(":", 1)[1])
     success = SuccessItem(record.ref.uuid, index, "done", "stop", 1)
-    await store.finish_result(record.ref, Final(index, 1, success), job_class="b")
+    await store.finish_result(
+        record.ref, Final(index, 1, success), job_class="b", token=claimed[0].token
+    )
     assert await cancel(store, record) == {index: "final", 1 - index: "cancelled"}
     assert await cancel(store, record) == {0: "final", 1: "final"}
     after = await store.get(record.ref)
@@ -159,7 +161,7 @@ async def test_a_delayed_rerun_is_unqueued_and_outranks_earlier_attempts(
     [job], _ = await sched.claim(1)
     job_id = KEYS.job_id(record.ref, 0)
     await redis_async.set(ARQ_RETRY_PREFIX + job_id, 3)  # arq counted three runs
-    await sched.hand_back([job.member], int(time.time() * 1000) + 60_000)
+    await sched.hand_back([job.lease], int(time.time() * 1000) + 60_000)
     assert await cancel(store, record) == {0: "cancelled"}
     [event] = await finals(store, record.ref)
     assert event["a"] == 3  # a stream that saw attempt 3's deltas still shows this final

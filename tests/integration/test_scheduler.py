@@ -104,7 +104,7 @@ async def test_running_limit_parks_a_key_until_one_of_its_jobs_settles(
     by_owner = collections.Counter(job.job_id.split(":")[0] for job in claimed)
     assert by_owner == {"aaaa": 2, "bbbb": 10}
     assert (await sched.claim(100))[0] == []
-    await sched.settle([claimed[0].member])
+    await sched.settle([claimed[0].lease])
     again, _ = await sched.claim(100)
     assert [job.job_id for job in again] == ["aaaa:task2:0"]
     assert await redis_async.hget(KEYS.queue_prefix + "running", "r:aaaa") == b"2"  # type: ignore[misc]
@@ -135,7 +135,7 @@ async def test_renewed_leases_keep_jobs_invisible(redis_async: aioredis.Redis) -
     claimed, _ = await sched.claim(1)
     for _ in range(6):
         await asyncio.sleep(0.1)
-        await sched.renew([claimed[0].member])
+        await sched.renew([claimed[0].lease])
         assert (await sched.claim(1))[0] == []
 
 
@@ -158,7 +158,7 @@ async def test_hand_back_makes_a_job_due_again_and_frees_its_slot(
     sched = scheduler(redis_async)
     await flood(sched, INTERACTIVE, "aaaa", 1)
     claimed, _ = await sched.claim(1)
-    await sched.hand_back([claimed[0].member])
+    await sched.hand_back([claimed[0].lease])
     assert await redis_async.hget(KEYS.queue_prefix + "running", "r:aaaa") is None  # type: ignore[misc]
     again, _ = await sched.claim(1)
     assert [job.job_id for job in again] == ["aaaa:task0:0"]

@@ -17,6 +17,7 @@ from core.scheduler import HOOK, Fairness, Scheduler, member
 KEYS = Keys("tw", "tw:queue")
 OWNER = "aaaa"
 HOST = "hooks.example"
+TOKENS: dict[TaskRef, str] = {}  # each running delivery's claim token
 
 
 async def running_deliveries(redis: aioredis.Redis, count: int) -> list[TaskRef]:
@@ -30,11 +31,13 @@ async def running_deliveries(redis: aioredis.Redis, count: int) -> list[TaskRef]
     await sched.enqueue([(HOOK, KEYS.delivery_job_id(ref, 0), None) for ref in refs])
     claimed, _ = await sched.claim(count)
     assert len(claimed) == count
+    by_id = {job.job_id: job.token for job in claimed}
+    TOKENS.update({ref: by_id[KEYS.delivery_job_id(ref, 0)] for ref in refs})
     return refs
 
 
 async def hold(store: DeliveryStore, ref: TaskRef) -> bool:
-    return await store.hold_host(ref, 0, HOST, limit=2, hold_s=20, busy_s=1)
+    return await store.hold_host(ref, 0, HOST, limit=2, hold_s=20, busy_s=1, token=TOKENS[ref])
 
 
 async def test_past_the_limit_a_delivery_waits_in_the_queue_uncounted(
@@ -61,7 +64,8 @@ async def test_recording_an_attempt_frees_the_hosts_slot(redis_async: aioredis.R
     store = DeliveryStore(redis_async, KEYS, retention_s=600, schedule_s=10)
     first, second, third = await running_deliveries(redis_async, 3)
     assert await hold(store, first) and await hold(store, second)
-    await store.record(first, 0, DeliveryState(state="delivered", attempts=1), None, HOST)
+    delivered = DeliveryState(state="delivered", attempts=1)
+    await store.record(first, 0, delivered, None, HOST, token=TOKENS[first])
     assert await hold(store, third)
     await store.release_host(second, 0, HOST)
     assert await redis_async.zrange(KEYS.webhook_host(HOST), 0, -1) == [
