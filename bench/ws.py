@@ -2,6 +2,11 @@
 (async, polled with getResponse), and idle authenticated sockets held by one API process
 (memory per socket from VmRSS).
 
+The two paths run in interleaved rounds on the same stack (one worker), each round the same
+number of new tasks on the zero-latency simulator, and each side's CPU time is read from
+the API, worker and benchmark processes around it: on a shared 2-core machine the rates
+move a lot from one round to the next, the CPU a result costs each process much less.
+
 Holding many sockets needs file descriptors on both ends: `raise_nofile` lifts this
 process's RLIMIT_NOFILE soft limit (to the hard one, or higher when allowed) before the
 stack starts, and the API process inherits it (subprocess keeps the parent's limits).
@@ -12,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import resource
+import statistics
 import time
 from typing import Any
 
@@ -28,6 +35,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PROMPT = "bench ws {i} [[sim:tokens=5]]"  # a zero-latency simulator: the transport is measured
 FRAME = 50  # tasks per socket frame / per POST
 POLL = 100  # taskUUIDs per getResponse request
+ROUNDS = 3  # interleaved rounds of each path
 
 
 def raise_nofile(wanted: int) -> int:
@@ -86,7 +94,13 @@ async def socket_throughput(stack: Stack, count: int) -> dict[str, Any]:
         await sender
     finally:
         await ws.close()
-    return {"path": "one WebSocket (results pushed)", "tasks": count, "seconds": elapsed}
+    messages = -(-count // FRAME)
+    return {
+        "path": "one WebSocket (results pushed)",
+        "tasks": count,
+        "seconds": elapsed,
+        "messages": messages,
+    }
 
 
 async def http_throughput(stack: Stack, count: int) -> dict[str, Any]:
@@ -118,21 +132,95 @@ async def http_throughput(stack: Stack, count: int) -> dict[str, Any]:
                 waiting = still
         elapsed = time.perf_counter() - started
     return {
-        "path": f"HTTP async + getResponse polling ({polls} polls)",
+        "path": "HTTP async + getResponse polling",
         "tasks": count,
         "seconds": elapsed,
+        "messages": -(-count // FRAME) + polls,
     }
 
 
-async def throughput(stack: Stack, count: int) -> list[dict[str, Any]]:
-    await socket_throughput(stack, min(count, 50))  # warm up
-    return [await socket_throughput(stack, count), await http_throughput(stack, count)]
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measured(stack: Stack, side: Any, count: int) -> dict[str, Any]:
+    """One run of a path, with the CPU seconds each process spent on it."""
+    assert stack.api is not None
+    pids = {"api": stack.api.pid, "worker": stack.workers[0].pid}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    client = own_cpu_seconds()
+    run: dict[str, Any] = await side(stack, count)
+    for name, pid in pids.items():
+        run[f"{name}_cpu"] = cpu_seconds(pid) - before[name]
+    run["client_cpu"] = own_cpu_seconds() - client
+    return run
+
+
+async def throughput(stack: Stack, count: int, rounds: int = ROUNDS) -> list[dict[str, Any]]:
+    """ROUNDS of each path, interleaved (socket, HTTP, socket, ...), after a warm-up."""
+    await socket_throughput(stack, min(count, 50))
+    runs = []
+    for _ in range(rounds):
+        runs.append(await measured(stack, socket_throughput, count))
+        runs.append(await measured(stack, http_throughput, count))
+    return runs
 
 
 def throughput_table(runs: list[dict[str, Any]]) -> str:
-    return table(
-        ["path", "tasks", "seconds", "results / s"],
-        [[r["path"], r["tasks"], r["seconds"], r["tasks"] / r["seconds"]] for r in runs],
+    """Per path: results per second (median and range over the rounds), CPU milliseconds
+    per result in each process (median), and the client's messages per round."""
+    rows = []
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_path.setdefault(run["path"], []).append(run)
+    for path, mine in by_path.items():
+        rates = [r["tasks"] / r["seconds"] for r in mine]
+
+        def per_result(key: str, mine: list[dict[str, Any]] = mine) -> float:
+            return statistics.median(1000 * r[key] / r["tasks"] for r in mine)
+
+        rows.append(
+            [
+                path,
+                mine[0]["tasks"],
+                len(mine),
+                statistics.median(rates),
+                f"{min(rates):.0f} – {max(rates):.0f}",
+                per_result("api_cpu"),
+                per_result("worker_cpu"),
+                per_result("client_cpu"),
+                statistics.median(r["messages"] for r in mine),
+            ]
+        )
+    socket = [r for r in runs if r["path"].startswith("one WebSocket")]
+    http = [r for r in runs if r["path"].startswith("HTTP")]
+    ratios = [h["seconds"] / s["seconds"] for s, h in zip(socket, http, strict=False)]
+    return (
+        table(
+            [
+                "path",
+                "tasks",
+                "rounds",
+                "results / s (median)",
+                "range",
+                "API CPU ms / result",
+                "worker CPU ms / result",
+                "client CPU ms / result",
+                "client messages",
+            ],
+            rows,
+        )
+        + "\n\nSocket ÷ HTTP results per second, round by round: "
+        + ", ".join(f"{r:.2f}" for r in ratios)
+        + (f" (median {statistics.median(ratios):.2f})." if ratios else ".")
     )
 
 
