@@ -87,3 +87,12 @@ def test_run_job_hands_functions_the_documented_ctx_keys() -> None:
     for key in ("'job_id'", "'job_try'"):
         assert key in source, f"arq's run_job no longer sets {key} in ctx"
     assert "self.finish_job(" in source and "self.finish_failed_job(" in source
+
+
+def test_run_job_runs_the_job_function_in_a_task_of_its_own_context() -> None:
+    # worker/queue.py hands each run its claim (and token) in a context variable set on the
+    # task that runs run_job; the job function sees it only if run_job starts it as a task
+    # (which copies the current context), and the finish hooks are awaited in run_job itself
+    source = inspect.getsource(Worker.run_job)
+    assert "self.loop.create_task(function.coroutine(" in source, "arq runs jobs another way"
+    assert "self.finish_job(" in source and "self.finish_failed_job(" in source
