@@ -179,11 +179,20 @@ local function append_event(stream, payload, ttl, maxlen)
 end
 """
 
+# KEYS: the events stream, the queue's `holders` hash; ARGV: ttl, maxlen, the result's job
+# id, the appending run's claim token ('' for none), then the events. A run whose claim no
+# longer holds the job (its lease lapsed and another claim took it, or the job was settled)
+# appends nothing and gets false: a worker cut off from Redis for longer than a lease must
+# not add a stale attempt's deltas to a stream another run is writing.
 _APPEND = (
     _APPEND_EVENT
     + """
+if ARGV[4] ~= '' then
+  local holder = redis.call('HGET', KEYS[2], ARGV[3])
+  if holder ~= ARGV[4] then return false end
+end
 local ids = {}
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   ids[#ids + 1] = append_event(KEYS[1], ARGV[i], ARGV[1], ARGV[2])
 end
 return ids
@@ -451,12 +460,24 @@ class TaskStore:
                 return found
             start = f"({found[-1][0]}"
 
-    async def append_events(self, ref: TaskRef, events: Sequence[TaskEvent]) -> list[str]:
-        """Append events to the task's stream (one round trip) and notify live readers."""
+    async def append_events(
+        self, ref: TaskRef, events: Sequence[TaskEvent], index: int = 0, token: str = ""
+    ) -> list[str] | None:
+        """Append events to the task's stream (one round trip) and notify live readers.
+        With the claim `token` of the run of result `index`: None, and nothing appended, if
+        that claim no longer holds the result's job (core/scheduler.py's claim tokens)."""
         ids = await self._append(
-            keys=[self.keys.events(ref)],
-            args=[self.retention_s, self.event_maxlen, *(event.encode() for event in events)],
+            keys=[self.keys.events(ref), self.keys.queue_prefix + "holders"],
+            args=[
+                self.retention_s,
+                self.event_maxlen,
+                self.keys.job_id(ref, index),
+                token,
+                *(event.encode() for event in events),
+            ],
         )
+        if ids is None:
+            return None
         return [_text(event_id) for event_id in ids]
 
     async def finish_result(

@@ -55,6 +55,7 @@ class ResultPublisher:
         self._store = store
         self._job_class = job_class
         self._token = token  # the claim's: the final write is refused if its lease was lost
+        self.lease_lost = False  # an append was refused: another claim holds the job
         self._ref = ref
         self._index = index
         self._attempt = attempt
@@ -149,14 +150,16 @@ class ResultPublisher:
             self._timer.cancel()
             self._timer = None
         self._seal()
-        if self._outbox and (self._drain_task is None or self._drain_task.done()):
+        if self.lease_lost:
+            self._outbox.clear()
+        elif self._outbox and (self._drain_task is None or self._drain_task.done()):
             self._drain_task = asyncio.create_task(self._drain())
 
     async def _drain(self) -> None:
         while self._outbox:
             batch, self._outbox = self._outbox, []
             try:
-                await self._store.append_events(self._ref, batch)
+                ids = await self._store.append_events(self._ref, batch, self._index, self._token)
             except (RedisError, OSError) as exc:
                 self._outbox[:0] = batch  # sent again by the next flush, or by finish()
                 log.warning("publisher.append_failed", error=type(exc).__name__)
@@ -164,6 +167,13 @@ class ResultPublisher:
                     self._timer = asyncio.get_running_loop().call_later(
                         self._interval_s, self._flush
                     )
+                return
+            if ids is None:
+                # another claim holds the job now: this run's deltas are stale, and so is
+                # its final write (refused too); stop sending
+                self.lease_lost = True
+                self._outbox.clear()
+                log.warning("publisher.lease_lost", task_uuid=self._ref.uuid, index=self._index)
                 return
             self.appends += 1
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from core.contract import Final, SuccessItem
+from core.contract import Delta, Final, SuccessItem
 from core.deliveries import DeliveryState, DeliveryStore
 from core.keys import ARQ_IN_PROGRESS_PREFIX, Keys, TaskRef
 from core.scheduler import BATCH, HOOK, ClaimedJob, Fairness, LeaseLost, Scheduler, member
@@ -352,3 +352,22 @@ async def test_a_stale_delivery_attempt_is_neither_held_nor_recorded(
 
 def _delivery(redis: aioredis.Redis) -> DeliveryStore:
     return DeliveryStore(redis, KEYS, retention_s=600, schedule_s=10)
+
+
+async def test_a_stale_holders_deltas_are_not_appended(
+    store: TaskStore, redis_async: aioredis.Redis
+) -> None:
+    # A worker cut off mid-stream comes back and flushes the deltas it buffered: they would
+    # land in the stream under its old attempt, beside the new run's, and a reader resuming
+    # a later attempt would concatenate both runs' text.
+    record = await submitted(store)
+    ref = record.ref
+    stale, current = await lapsed_and_reclaimed(redis_async)
+    refused = await store.append_events(ref, [Delta(0, 1, 1, text="stale")], 0, stale.token)
+    assert refused is None
+    appended = await store.append_events(ref, [Delta(0, 2, 1, text="current")], 0, current.token)
+    assert appended is not None and len(appended) == 1
+    stored = [fields[b"d"].decode() for _id, fields in await redis_async.xrange(KEYS.events(ref))]
+    assert len(stored) == 1 and "current" in stored[0] and "stale" not in stored[0]
+    # tools without a claim (token '') append as before
+    assert await store.append_events(ref, [Delta(0, 2, 2, text="tool")]) is not None
