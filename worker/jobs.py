@@ -218,7 +218,7 @@ async def _produce(
             f"The model did not finish within {deps.settings.job_timeout_s:g} s.",
         )
     except (RedisError, OSError):
-        raise  # storage trouble: leave the job queued; it runs again when its lease lapses
+        raise  # storage trouble: handed back by the seam (worker/queue.py), due again soon
     except Exception:
         log.exception("result.internal_error")
         return _error_outcome(

@@ -43,7 +43,7 @@ from typing import Any, cast
 
 import structlog
 from arq.typing import WorkerCoroutine
-from arq.worker import Worker
+from arq.worker import Retry, Worker
 from redis.exceptions import RedisError
 
 from core.errors import TASK_CANCELLED
@@ -400,6 +400,11 @@ _RUN: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("taskwire_ru
 _HEARD_FOR_S = 30.0  # how long a cancel for a job not running here is remembered
 
 
+# A job that failed on Redis runs again after this, doubling per try up to the cap.
+STORAGE_RETRY_BASE_S = 0.5
+STORAGE_RETRY_CAP_S = 15.0
+
+
 def job_function(function: Callable[..., Awaitable[None]]) -> WorkerCoroutine:
     """Wrap a taskwire job `function(job: JobContext, *args)` as the arq job function
     `(ctx, *args)`. arq's ctx keys read here: "job_id" and "job_try" (its documented ones)
@@ -413,7 +418,20 @@ def job_function(function: Callable[..., Awaitable[None]]) -> WorkerCoroutine:
             claim = worker.claims[job_id] = Claim(worker._member(job_id)[0], None, False)
         context = JobContext(ctx["deps"], job_id, int(ctx["job_try"]), claim)
         worker.contexts[job_id] = context
-        await function(context, *args)
+        try:
+            await function(context, *args)
+        except (RedisError, OSError) as exc:
+            # Storage trouble the job could not ride out: hand the job back, due again after
+            # a pause. Raised on, arq would count the job finished and settle it once Redis
+            # answers again, with no result recorded (the task would stay processing).
+            defer_s = min(STORAGE_RETRY_BASE_S * 2 ** (context.job_try - 1), STORAGE_RETRY_CAP_S)
+            log.warning(
+                "worker.storage_retry",
+                job_id=job_id,
+                error=type(exc).__name__,
+                retry_in_s=defer_s,
+            )
+            raise Retry(defer=defer_s) from exc
 
     arq_job.__name__ = arq_job.__qualname__ = function.__name__
     return cast(WorkerCoroutine, arq_job)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import types
 
 import arq
 import arq.constants
-from arq.worker import Worker
+import pytest
+from arq.worker import Retry, Worker
 
 from core.keys import (
     ARQ_IN_PROGRESS_PREFIX,
@@ -96,3 +98,32 @@ def test_run_job_runs_the_job_function_in_a_task_of_its_own_context() -> None:
     source = inspect.getsource(Worker.run_job)
     assert "self.loop.create_task(function.coroutine(" in source, "arq runs jobs another way"
     assert "self.finish_job(" in source and "self.finish_failed_job(" in source
+
+
+@pytest.mark.parametrize(("job_try", "defer_ms"), [(1, 500), (2, 1000), (9, 15000)])
+async def test_a_job_failing_on_redis_is_handed_back_not_finished(
+    job_try: int, defer_ms: int
+) -> None:
+    # Raised on, a RedisError would make arq count the job finished: settled (its lease and
+    # keys gone) as soon as Redis answers again, with no result recorded. arq's Retry makes
+    # run_job call finish_job(finish=False, incr_score=defer): the seam's hand-back.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from worker.context import Claim
+    from worker.queue import _RUN, _WORKER, job_function
+
+    async def fails(job: object) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    claim = Claim("b", None, False, token="t.1")
+    worker = types.SimpleNamespace(claims={}, contexts={})
+    ctx = {_WORKER: worker, "job_id": "owner:uuid:0", "job_try": job_try, "deps": None}
+    reset = _RUN.set(claim)
+    try:
+        with pytest.raises(Retry) as raised:
+            await job_function(fails)(ctx)
+    finally:
+        _RUN.reset(reset)
+    assert raised.value.defer_score == defer_ms
+    assert isinstance(raised.value.__cause__, RedisConnectionError)
+    assert "finish = False" in inspect.getsource(Worker.run_job)  # what Retry means to arq
