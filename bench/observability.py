@@ -8,7 +8,9 @@ varies with them is scraping, so in the "on" configurations the API's and the wo
 "off" configuration nothing scrapes and no OTEL_* variable is set.
 
 Latency: one client asking back to back (the lean raw-socket generator, bench/loadgen.py).
-Throughput: 64 clients asking back to back; sync results per second answered 200.
+Throughput: 64 clients asking back to back; sync results per second answered 200, and the
+API's and worker's CPU time per task over that run (from /proc: on a shared machine the
+CPU per task moves far less than the rate, which other processes' load moves too).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import httpx
 
 from bench.common import API_KEY, median, percentile, start_stack, table, text_task
 from bench.loadgen import LoadGenerator, Run
+from bench.sidebyside import cpu_seconds, processes
 from devenv.procs import free_port, http_ok, wait_until
 from devenv.stack import Stack
 
@@ -93,6 +96,7 @@ class Measured:
     round: int
     latency_ms: list[float] = field(default_factory=list)
     per_second: float = 0.0
+    cpu_ms_per_task: float = 0.0  # API + worker, from /proc, over the throughput run
     failed: int = 0
     exported: dict[str, int] = field(default_factory=dict)
 
@@ -153,7 +157,10 @@ async def measure_one(
             build = _requests(gen)
             await gen.closed_loop(8, 2.0, build)  # warm-up: connections, caches, the JIT-less
             latency = await gen.closed_loop(1, seconds, build)
+            pids = [pid for name, pid in processes(stack).items() if name in ("api", "worker")]
+            cpu_before = sum(cpu_seconds(pid) for pid in pids)
             load = await gen.closed_loop(clients, seconds, build)
+            cpu_used = sum(cpu_seconds(pid) for pid in pids) - cpu_before
         finally:
             gen.close()
             stop.set()
@@ -169,6 +176,7 @@ async def measure_one(
         round_,
         latency_ms=[o.latency_ms for o in latency.outcomes if o.status == 200],
         per_second=_ok(load) / load.seconds,
+        cpu_ms_per_task=cpu_used * 1000 / max(1, _ok(load)),
         failed=latency.failed + load.failed + (len(load.outcomes) - _ok(load)),
         exported={key: after[key] - before[key] for key in ("requests", "bytes")},
     )
@@ -192,10 +200,13 @@ def cost_table(runs: list[Measured]) -> str:
     rows: list[list[Any]] = []
     baseline = [run.per_second for run in runs if run.config.sampling is None]
     base = median(baseline) if baseline else 0.0
+    baseline_cpu = [run.cpu_ms_per_task for run in runs if run.config.sampling is None]
+    base_cpu = median(baseline_cpu) if baseline_cpu else 0.0
     for config in CONFIGS:
         mine = [run for run in runs if run.config is config]
         latencies = [value for run in mine for value in run.latency_ms]
         per_second = median([run.per_second for run in mine])
+        cpu = median([run.cpu_ms_per_task for run in mine])
         rows.append(
             [
                 config.label,
@@ -205,6 +216,8 @@ def cost_table(runs: list[Measured]) -> str:
                 " / ".join(f"{run.per_second:.0f}" for run in mine),
                 per_second,
                 f"{(per_second / base - 1) * 100:+.1f}%" if base else "n/a",
+                cpu,
+                f"{(cpu / base_cpu - 1) * 100:+.1f}%" if base_cpu else "n/a",
                 sum(run.failed for run in mine),
                 sum(run.exported.get("requests", 0) for run in mine),
             ]
@@ -218,6 +231,8 @@ def cost_table(runs: list[Measured]) -> str:
             "results/s per round",
             "results/s (median)",
             "vs off",
+            "API+worker CPU ms/task",
+            "CPU vs off",
             "failed",
             "OTLP exports received",
         ],
