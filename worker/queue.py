@@ -146,8 +146,12 @@ class QueueWorker(Worker):
                 if self._next_due is not None:
                     # a scheduled retry or a lapsing lease: look again right when it is due
                     wait = min(wait, max(self._next_due - time.time(), 0.001))
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that
+                # lands in the loop turn a wake-up arrives in, so a worker stopping under load
+                # (arq cancels this task once its jobs end) could run on until SIGKILL
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
         finally:
             for task in self._background:
                 task.cancel()
