@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import (
     AuthenticationFailed,
@@ -25,10 +27,13 @@ from core.protocol import (
     canonical_uuid,
     parse_task,
 )
+from core.tracing import TracingMiddleware
+from core.tracing import active as tracing_active
 from service import metrics
 from service.batch import Batch, Slot
 from service.limits import check_reads
-from service.state import State
+from service.origin import PublicOrigin, TrustedProxies
+from service.state import AppState, State
 from service.streaming import sse_body, sse_response
 
 router = APIRouter()
@@ -166,6 +171,12 @@ def batch_response(slots: list[Slot]) -> Response:
 @router.post("/v1")
 @router.post("/v1/", include_in_schema=False)
 async def post_tasks(request: Request, state: State) -> Response:
+    """The route FastAPI knows (its schema, and an app not started through `task_door`);
+    requests to it are normally answered by `task_door`, with the same `answer_tasks`."""
+    return await answer_tasks(request, state)
+
+
+async def answer_tasks(request: Request, state: AppState) -> Response:
     owner: str | None = None  # for metrics
     try:
         body = await read_body(request, state.settings.max_body_bytes)
@@ -211,3 +222,62 @@ async def post_tasks(request: Request, state: State) -> Response:
         error = ServiceUnavailable("Task storage is unavailable; try again shortly.", retry_after=2)
         metrics.request_refused(error, owner)
         return error_response(error)
+
+
+TASK_PATHS = ("/v1", "/v1/")
+
+
+def task_door(app: FastAPI) -> ASGIApp | None:
+    """`POST /v1` as an ASGI app of its own: PublicOrigin (and TracingMiddleware when on),
+    then `answer_tasks`, made once per application after its startup (None before).
+
+    The hot door skips FastAPI's and Starlette's layers, which do nothing for it:
+    `answer_tasks` answers every TaskwireError, Redis and OS error itself in the protocol's
+    shape; the body limit is its own (`read_body`); FastAPI's body-limit middleware has no
+    limit set here and its telemetry middleware only reports to a global OpenTelemetry
+    provider, which taskwire never registers (core/tracing.py); there are no dependencies
+    to solve but the state, and no other route to match. What is kept: an unexpected
+    exception is answered by the app's own `Exception` handler (the JSON 500, logged) and
+    raised on to uvicorn, as Starlette's ServerErrorMiddleware does, and `scope["route"]`
+    is the `/v1` route, which names the tracing span."""
+    door: ASGIApp | None = getattr(app.state, "task_door", None)
+    if door is not None:
+        return door
+    state: AppState | None = getattr(app.state, "taskwire", None)
+    if state is None:  # not started
+        return None
+    routes = {getattr(route, "path", None): route for route in router.routes}
+    on_error = app.exception_handlers.get(Exception)
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = app
+        scope["route"] = routes.get(scope["path"])
+        request = Request(scope, receive, send)
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            response = await answer_tasks(request, state)
+            await response(scope, receive, sending)
+        except Exception as exc:
+            if on_error is None:
+                raise
+            if not started:
+                error = on_error(request, exc)
+                if inspect.isawaitable(error):
+                    error = await error
+                await error(scope, receive, send)
+            raise
+
+    inner: ASGIApp = TracingMiddleware(endpoint) if tracing_active() else endpoint
+    door = app.state.task_door = PublicOrigin(
+        inner,
+        public_base_url=state.settings.public_base_url,
+        trusted=TrustedProxies(state.settings.trusted_proxies),
+    )
+    return door

@@ -33,7 +33,7 @@ from core.tracing import TracingMiddleware
 from core.tracing import active as tracing_active
 from core.webhooks import WebhookSecrets
 from service.admin_api import router as admin_router
-from service.api import error_response, json_response, router
+from service.api import TASK_PATHS, error_response, json_response, router, task_door
 from service.auth import KeyRing, KeyRingSync
 from service.console import router as console_router
 from service.events_api import router as events_router
@@ -63,6 +63,24 @@ from service.webhooks_api import router as webhooks_router
 from service.ws import router as socket_router
 
 log = structlog.get_logger("taskwire.service")
+
+
+class TaskwireApp(FastAPI):
+    """FastAPI, with the hot door `POST /v1` answered by `task_door` (service/api.py), past
+    the framework's layers."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in TASK_PATHS
+            and not self.root_path
+        ):
+            door = task_door(self)
+            if door is not None:
+                await door(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -166,7 +184,7 @@ def create_app(settings: Settings) -> FastAPI:
             await image_client.aclose()
             await redis.aclose()
 
-    app = FastAPI(
+    app = TaskwireApp(
         title="taskwire",
         summary="Runware-compatible asynchronous inference task API",
         lifespan=lifespan,
