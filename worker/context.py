@@ -45,6 +45,10 @@ class Claim:
     job_input: JobInput | None  # the task record's fields (results), if read
     prefetched: bool  # whether job_input was read at claim time
     token: str = ""  # the claim's token (core/scheduler.py); '' for a run without a claim
+    # What the claim read for arq's run_job (worker/queue.py): the job's serialised payload
+    # (None: the key is gone) and this run's try number (0: not read by the claim).
+    payload: bytes | None = None
+    job_try: int = 0
     stop: StopSignal = field(default_factory=StopSignal)
     # Set by a job that settled itself (its own script removed its lease and arq keys),
     # so the runner skips arq's bookkeeping for it.

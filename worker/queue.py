@@ -15,6 +15,10 @@ exits on the first Redis error. Here:
   `job_function`, which builds a `JobContext` from arq's ctx dict.
 * **Settled by the job.** A result job settles its arq job in the same script that records
   its result, so arq's own finish round trip is skipped for it.
+* **No start transaction.** The claim script reads each job's arq payload and counts its
+  try (what arq's run_job does in a MULTI of its own), and `run_job` here runs the job from
+  what the claim returned: arq's steps, in arq's order, minus that round trip and its
+  per-job log formatting.
 * **Claim tokens.** Each run carries its claim's token (a context variable set when the run
   starts, so two runs of one job id in this process never mix them up) to every script that
   acts on its lease: renewals, settling, hand-backs, the result's and deliveries' records.
@@ -42,8 +46,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import structlog
+from arq.constants import keep_cronjob_progress, retry_key_prefix
+from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
 from arq.typing import WorkerCoroutine
-from arq.worker import Retry, Worker
+from arq.utils import ms_to_datetime, timestamp_ms
+from arq.worker import JobExecutionFailed, Retry, RetryJob, Worker
 from redis.exceptions import RedisError
 
 from core.errors import TASK_CANCELLED
@@ -180,12 +187,15 @@ class QueueWorker(Worker):
             # Batch work is taken in small steps, each after a look at the loop's lag, so
             # the worker grows into its capacity instead of leaping past it.
             step = free if classes == INTERACTIVE_ONLY else min(free, self.admission.batch_step)
-            self._held_back = classes != self.classes or step < free
+            self._held_back = classes != self.classes
             if classes:
                 claimed, self._next_due = await self.scheduler.claim(step, classes)
                 for job in claimed:
                     self._start(job)
                 self._saturated = len(claimed) >= step
+                # a full small step may have left due work queued: look again soon (a
+                # short step that came back short left nothing due for these classes)
+                self._held_back = self._held_back or (step < free and self._saturated)
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
@@ -202,7 +212,14 @@ class QueueWorker(Worker):
     def _start(self, job: ClaimedJob) -> None:
         self.job_counter += 1
         job_id = job.job_id
-        claim = Claim(job.job_class, job.job_input, prefetched=True, token=job.token)
+        claim = Claim(
+            job.job_class,
+            job.job_input,
+            prefetched=True,
+            token=job.token,
+            payload=job.payload,
+            job_try=job.job_try,
+        )
         self.claims[job_id] = claim
         self._runs[job.token] = (job_id, claim)
         if self._cancels_heard.pop(job_id, None) is not None:
@@ -226,7 +243,9 @@ class QueueWorker(Worker):
         context = self.contexts.get(job_id)
         if context is not None and context.claim is claim:
             del self.contexts[job_id]
-        if self._saturated and self._wake is not None:
+        # a full claim may have left work queued; a tenant parked at its running limit may
+        # come back now that one of its jobs settled
+        if (self._saturated or self.scheduler.parked) and self._wake is not None:
             self._wake.set()
 
     # --- wake-ups and leases
@@ -318,6 +337,171 @@ class QueueWorker(Worker):
             self._worker_key, str(running), ex=max(int(self.in_progress_timeout_s * 2), 3)
         )
 
+    # --- arq's run_job, from what the claim read
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's run_job (0.26-0.28), its steps in its order, for a job whose claim read the
+        job's payload and counted its try (so arq's MULTI [GET job, INCR retry, EXPIRE
+        retry] is not sent again). Jobs not started by a claim go to arq's own."""
+        claim = _RUN.get()
+        if claim is None or claim.job_try < 1 or self.allow_abort_jobs:
+            await super().run_job(job_id, score)
+            return
+        start_ms = timestamp_ms()
+        raw, job_try = claim.payload, claim.job_try
+        claim.payload = None
+        function_name, enqueue_time_ms = "<unknown>", 0
+        args: tuple[Any, ...] = ()
+        kwargs: dict[Any, Any] = {}
+
+        async def job_failed(exc: BaseException) -> None:
+            self.jobs_failed += 1
+            data = self._result_data(
+                job_id, function_name, args, kwargs, job_try, enqueue_time_ms, False, exc, start_ms
+            )
+            await asyncio.shield(self.finish_failed_job(job_id, data))
+
+        if not raw:
+            log.warning("worker.job_expired", job_id=job_id)
+            await job_failed(JobExecutionFailed("job expired"))
+            return
+        try:
+            function_name, args, kwargs, enqueue_job_try, enqueue_time_ms = deserialize_job_raw(
+                raw, deserializer=self.job_deserializer
+            )
+        except SerializationError as exc:
+            log.exception("worker.job_undecodable", job_id=job_id)
+            await job_failed(exc)
+            return
+        function = self.functions.get(function_name)
+        if function is None:
+            log.warning("worker.job_function_unknown", job_id=job_id, function=function_name)
+            await job_failed(JobExecutionFailed(f"function {function_name!r} not found"))
+            return
+        keep_in_progress = keep_cronjob_progress if hasattr(function, "next_run") else None
+        if enqueue_job_try and enqueue_job_try > job_try:
+            job_try = enqueue_job_try
+            await self.pool.setex(retry_key_prefix + job_id, 88400, str(job_try))
+        max_tries = self.max_tries if function.max_tries is None else function.max_tries
+        if job_try > max_tries:
+            log.warning("worker.job_out_of_tries", job_id=job_id, max_tries=max_tries)
+            await job_failed(JobExecutionFailed(f"max {max_tries} retries exceeded"))
+            return
+
+        result: Any = _NO_RESULT
+        finish = False
+        incr_score: int | None = None
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        ctx = {
+            **self.ctx,
+            "job_id": job_id,
+            "job_try": job_try,
+            "enqueue_time": ms_to_datetime(enqueue_time_ms),
+            "score": score,
+        }
+        if self.on_job_start:
+            await self.on_job_start(ctx)
+        start_ms = timestamp_ms()
+        success = False
+        try:
+            # a task of its own (it copies this run's context, and so its claim), as arq does
+            self.job_tasks[job_id] = task = self.loop.create_task(
+                function.coroutine(ctx, *args, **kwargs)
+            )
+            try:
+                async with asyncio.timeout(timeout_s):
+                    result = await task
+            finally:
+                del self.job_tasks[job_id]
+        except (Exception, asyncio.CancelledError) as exc:
+            if self.retry_jobs and isinstance(exc, Retry):
+                incr_score = exc.defer_score
+                if exc.defer_score:
+                    incr_score = exc.defer_score + (timestamp_ms() - score)
+                self.jobs_retried += 1
+            elif job_id in self.aborting_tasks and isinstance(exc, asyncio.CancelledError):
+                result = exc
+                finish = True
+                self.aborting_tasks.remove(job_id)
+                self.jobs_failed += 1
+            elif self.retry_jobs and isinstance(exc, (asyncio.CancelledError, RetryJob)):
+                self.jobs_retried += 1
+            else:
+                log.exception("worker.job_failed", job_id=job_id, error=type(exc).__name__)
+                result = exc
+                finish = True
+                self.jobs_failed += 1
+        else:
+            success = True
+            finish = True
+            self.jobs_complete += 1
+        finished_ms = timestamp_ms()
+
+        keep_result_forever = (
+            self.keep_result_forever
+            if function.keep_result_forever is None
+            else function.keep_result_forever
+        )
+        result_timeout_s = (
+            self.keep_result_s if function.keep_result_s is None else function.keep_result_s
+        )
+        result_data = None
+        if result is not _NO_RESULT and (keep_result_forever or result_timeout_s > 0):
+            result_data = self._result_data(
+                job_id,
+                function_name,
+                args,
+                kwargs,
+                job_try,
+                enqueue_time_ms,
+                success,
+                result,
+                start_ms,
+                finished_ms,
+            )
+        if self.on_job_end:
+            await self.on_job_end(ctx)
+        await asyncio.shield(
+            self.finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+        )
+
+    def _result_data(
+        self,
+        job_id: str,
+        function_name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[Any, Any],
+        job_try: int,
+        enqueue_time_ms: int,
+        success: bool,
+        result: Any,
+        start_ms: int,
+        finished_ms: int | None = None,
+    ) -> bytes | None:
+        return serialize_result(
+            function_name,
+            args,
+            kwargs,
+            job_try,
+            enqueue_time_ms,
+            success,
+            result,
+            start_ms,
+            timestamp_ms() if finished_ms is None else finished_ms,
+            f"{job_id}:{function_name}",
+            self.queue_name,
+            job_id=job_id,
+            serializer=self.job_serializer,
+        )
+
     # --- arq hooks adjusted
 
     def _claim_of(self, job_id: str) -> Claim | None:
@@ -402,6 +586,7 @@ _WORKER = "taskwire_worker"  # where the seam finds the worker in arq's ctx
 # The claim of the run in whose task (or a task it started) the code runs: set by _start.
 _RUN: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("taskwire_run", default=None)
 _HEARD_FOR_S = 30.0  # how long a cancel for a job not running here is remembered
+_NO_RESULT = object()  # a run that ended without a result (retried or cancelled)
 
 
 # A job that failed on Redis runs again after this, doubling per try up to the cap.

@@ -371,3 +371,20 @@ async def test_a_stale_holders_deltas_are_not_appended(
     assert len(stored) == 1 and "current" in stored[0] and "stale" not in stored[0]
     # tools without a claim (token '') append as before
     assert await store.append_events(ref, [Delta(0, 2, 2, text="tool")]) is not None
+
+
+async def test_the_claim_reads_the_arq_job_and_counts_its_try(
+    store: TaskStore, redis_async: aioredis.Redis
+) -> None:
+    # what arq's run_job would read and count in a MULTI of its own: the claim returns it
+    record = await submitted(store)
+    job_id = KEYS.job_id(record.ref, 0)
+    [first], _ = await scheduler(redis_async, LEASE_S).claim(1)
+    assert first.job_id == job_id and first.job_try == 1
+    assert first.payload == await redis_async.get(KEYS.job(job_id))
+    assert json.loads(first.payload or b"")["f"] == "run_result"
+    await asyncio.sleep(LEASE_S + 0.15)
+    [second], _ = await scheduler(redis_async).claim(1)  # the lapsed lease's job, again
+    assert second.job_try == 2
+    assert int(await redis_async.get(KEYS.retry(job_id)) or 0) == 2
+    assert 0 < await redis_async.ttl(KEYS.retry(job_id)) <= 88400

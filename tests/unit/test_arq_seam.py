@@ -127,3 +127,100 @@ async def test_a_job_failing_on_redis_is_handed_back_not_finished(
     assert raised.value.defer_score == defer_ms
     assert isinstance(raised.value.__cause__, RedisConnectionError)
     assert "finish = False" in inspect.getsource(Worker.run_job)  # what Retry means to arq
+
+
+def test_the_claim_reads_and_counts_what_arqs_run_job_transaction_does() -> None:
+    # worker/queue.py's run_job skips arq's MULTI because the claim script does its work
+    # (core/scheduler.py): read the job, count the try, keep the counter 88400 s
+    source = inspect.getsource(Worker.run_job)
+    for step in (
+        "pipe.get(job_key_prefix + job_id)",
+        "pipe.incr(retry_key_prefix + job_id)",
+        "pipe.expire(retry_key_prefix + job_id, 88400)",
+    ):
+        assert step in source, f"arq's run_job no longer does {step}"
+    from core.scheduler import _CLAIM
+
+    assert "redis.call('INCR', retry_prefix .. job)" in _CLAIM
+    assert "redis.call('EXPIRE', retry_prefix .. job, 88400)" in _CLAIM
+
+
+def _seam_worker(functions: list[object]) -> tuple[object, list[tuple[str, bool, object]]]:
+    from arq.worker import func
+
+    from core.keys import Keys
+    from core.scheduler import Fairness, Scheduler
+    from worker.queue import QueueWorker, json_deserializer, json_serializer
+
+    redis = types.SimpleNamespace(register_script=lambda script: None)
+    scheduler = Scheduler(redis, Keys("tw", "tw:queue"), 10.0, Fairness())  # type: ignore[arg-type]
+    worker = QueueWorker(
+        scheduler=scheduler,
+        worker_key="tw:workers:test",
+        functions=[func(f, name=f.__name__) for f in functions],  # type: ignore[attr-defined]
+        redis_pool=object(),  # type: ignore[arg-type]
+        keep_result=0,
+        max_tries=3,
+        job_serializer=json_serializer,
+        job_deserializer=json_deserializer,
+    )
+    ended: list[tuple[str, bool, object]] = []
+
+    async def finish_job(job_id: str, finish: bool, *rest: object) -> None:
+        ended.append((job_id, finish, rest[3]))  # incr_score
+
+    async def finish_failed_job(job_id: str, result_data: bytes | None) -> None:
+        ended.append((job_id, False, "failed"))
+
+    worker.finish_job = finish_job  # type: ignore[method-assign]
+    worker.finish_failed_job = finish_failed_job  # type: ignore[method-assign]
+    return worker, ended
+
+
+async def _run(worker: object, claim: object, job_id: str) -> None:
+    from worker.queue import _RUN
+
+    reset = _RUN.set(claim)  # type: ignore[arg-type]
+    try:
+        await worker.run_job(job_id, 0)  # type: ignore[attr-defined]
+    finally:
+        _RUN.reset(reset)
+
+
+async def test_run_job_runs_a_claimed_job_from_what_the_claim_read() -> None:
+    from worker.context import Claim
+    from worker.queue import _RUN, json_serializer
+
+    seen: list[tuple[object, ...]] = []
+
+    async def job(ctx: dict[str, object], *args: object) -> None:
+        seen.append((ctx["job_id"], ctx["job_try"], args, _RUN.get(), asyncio.current_task()))
+
+    async def retry(ctx: dict[str, object], *args: object) -> None:
+        raise Retry(defer=2)
+
+    worker, ended = _seam_worker([job, retry])
+
+    def claim(function: str, job_try: int) -> Claim:
+        payload = json_serializer({"t": None, "f": function, "a": [1, "x"], "k": {}, "et": 5})
+        return Claim("b", None, False, token="t.1", payload=payload, job_try=job_try)
+
+    ran = claim("job", 2)
+    await _run(worker, ran, "o:u:0")
+    [(job_id, job_try, args, run_claim, task)] = seen
+    assert (job_id, job_try, args, run_claim) == ("o:u:0", 2, (1, "x"), ran)
+    assert task is not asyncio.current_task()  # a task of its own, in the run's context
+    assert ended == [("o:u:0", True, None)]
+    assert worker.jobs_complete == 1  # type: ignore[attr-defined]
+
+    ended.clear()
+    await _run(worker, claim("retry", 1), "o:u:1")
+    [(job_id, finish, incr_score)] = ended
+    assert job_id == "o:u:1" and not finish and isinstance(incr_score, int)
+    assert incr_score >= 2000  # handed back, due again after the Retry's delay
+
+    ended.clear()
+    await _run(worker, claim("job", 4), "o:u:2")  # past max_tries: never run
+    await _run(worker, Claim("b", None, False, token="t.2", payload=None, job_try=1), "o:u:3")
+    assert ended == [("o:u:2", False, "failed"), ("o:u:3", False, "failed")]
+    assert len(seen) == 1
