@@ -10,7 +10,8 @@ Redis (`TIME`), never from a process's clock:
   `read_burst`), one call per request, so polling never eats into the budget for new work.
 * **Upstream tokens per minute**: workers add each result's usage (prompt + completion
   tokens) to the key's counter for the current clock minute (fixed windows, aligned to the
-  minute); the submit script refuses new work of a key whose current minute is spent, until
+  minute), in the script that records the result (so only a recorded result counts, and
+  once); the submit script refuses new work of a key whose current minute is spent, until
   the minute ends. Usage is known only when a result finishes, so work already accepted
   may overshoot: the limit stops new work, it does not cut running results short.
 * Results running at once (`max_r`), deliveries at once (`max_h`) and results queued
@@ -77,6 +78,14 @@ local function usage_window(prefix, owner, now)
   return prefix .. owner .. ':' .. minute, (minute + 1) * 60000 - now
 end
 
+-- Adds `tokens` to the key's current minute; its total after.
+local function record_usage(prefix, owner, tokens)
+  local key = usage_window(prefix, owner, redis_now_ms())
+  local total = redis.call('INCRBY', key, tokens)
+  redis.call('PEXPIRE', key, 120000)
+  return total
+end
+
 -- 0 when the key may start new work, else the ms until its spent minute ends.
 local function tokens_spent(prefix, owner, limit, now)
   if limit <= 0 then return 0 end
@@ -99,14 +108,12 @@ return {bucket(KEYS[1], rate, burst, tonumber(ARGV[1]), redis_now_ms(), true), t
 """
 )
 
-# ARGV: usage prefix, owner, tokens. Adds them to the key's current minute.
+# ARGV: usage prefix, owner, tokens. Adds them to the key's current minute. (A worker adds a
+# result's usage in the script that records the result: core/store.py's finish.)
 _RECORD_USAGE = (
     LIMITS_LIB
     + """
-local key = usage_window(ARGV[1], ARGV[2], redis_now_ms())
-local total = redis.call('INCRBY', key, ARGV[3])
-redis.call('PEXPIRE', key, 120000)
-return total
+return record_usage(ARGV[1], ARGV[2], ARGV[3])
 """
 )
 

@@ -234,12 +234,16 @@ end
 # only for the claim that may act on the job (core/scheduler.py `may_act`): a run whose
 # lease lapsed and was claimed by another, or whose job was settled by another run, changes
 # nothing and gets {-2} ("lease lost"). A second final result for the slot is refused by
-# record_final (HSETNX) before anything is appended, published or enqueued: {0}.
+# record_final (HSETNX) before anything is appended, published or enqueued: {0}. A recorded
+# result's upstream tokens are added to its key's tokens-per-minute counter (core/limits.py)
+# in the same step.
 # KEYS: task, events, arq job, arq retry. ARGV: queue prefix, result field, item, final
 # event, retention s, stream maxlen, 1 if an error, job id, job class, in-progress prefix,
-# follow-up (JSON or ''), claim token, pending delta events...
+# follow-up (JSON or ''), claim token, usage prefix, upstream tokens used (0: none), pending
+# delta events...
 _FINISH = (
     LUA_LIB
+    + LIMITS_LIB
     + RECORD_FINAL
     + """
 if not may_act(ARGV[9], ARGV[8], ARGV[12]) then return {-2} end
@@ -248,8 +252,10 @@ unqueue(ARGV[9], ARGV[8])  -- a copy re-queued after this run's lease lapsed has
 redis.call('DEL', KEYS[3], KEYS[4])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local recorded = record_final(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
-                              ARGV[7], ARGV[11], {unpack(ARGV, 13)})
+                              ARGV[7], ARGV[11], {unpack(ARGV, 15)})
 if not recorded then return {0} end
+local tokens = tonumber(ARGV[14])
+if tokens > 0 then record_usage(ARGV[13], owner_of(ARGV[8]), tokens) end
 local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local created = redis.call('HGET', KEYS[1], 'created')
 return {1, recorded[1], n, recorded[2], created}
@@ -488,13 +494,15 @@ class TaskStore:
         then: FollowUpJob | None = None,
         job_class: str = INTERACTIVE,
         token: str = "",
+        usage_tokens: int = 0,
     ) -> FinishOutcome:
         """Record a final result unless one is already there, publish it after the
         still-pending delta events, settle the result's job (lease, running slot and arq
-        keys; `job_class` is the queue class it was claimed from) and enqueue `then` (with
-        the record field it sets), all in one step. `token` is the claim's (core/scheduler.py):
-        if another claim holds the job, nothing happens (`lease_lost`); '' holds no lease
-        (it may act only on a job no claim holds)."""
+        keys; `job_class` is the queue class it was claimed from), enqueue `then` (with
+        the record field it sets) and, if recorded, add `usage_tokens` (the upstream tokens
+        the result used) to its key's tokens-per-minute counter, all in one step. `token` is
+        the claim's (core/scheduler.py): if another claim holds the job, nothing happens
+        (`lease_lost`); '' holds no lease (it may act only on a job no claim holds)."""
         index = final.index
         job_id = self.keys.job_id(ref, index)
         follow = self.follow_up_json(then)
@@ -519,6 +527,8 @@ class TaskStore:
                 ARQ_IN_PROGRESS_PREFIX,
                 follow,
                 token,
+                self.keys.usage_prefix,
+                max(usage_tokens, 0),
                 *(delta.encode() for delta in pending),
             ],
         )

@@ -16,7 +16,6 @@ from core.contract import Delta, ErrorItem, ResultItem
 from core.errors import TASK_EXPIRED
 from core.failures import note_failure
 from core.keys import TaskRef
-from core.limits import UsageMeter
 from core.protocol import TextInferenceTask
 from core.settings import Settings
 from core.store import FinishOutcome, FollowUpJob, TaskStore
@@ -36,7 +35,6 @@ class WorkerDeps:
     store: TaskStore
     inference: Inference
     webhooks: WebhookDeliverer
-    usage: UsageMeter | None = None  # built on first use, over the store's Redis client
 
 
 async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int) -> None:
@@ -80,7 +78,7 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
                     deps.webhooks.deliveries.first_job(ref, index) if task.webhookURL else None
                 )
                 with span("result.write"):
-                    finish = await _finish(publisher, outcome.item, delivery)
+                    finish = await _finish(publisher, outcome.item, delivery, _tokens(outcome))
             if finish.lease_lost:
                 # Another worker runs this job now (this one's lease lapsed): nothing of this
                 # run is recorded, published or counted, and arq's bookkeeping is skipped.
@@ -90,7 +88,6 @@ async def run_result(job_ctx: JobContext, owner: str, task_uuid: str, index: int
                 return
             job_ctx.settled = True
             traced.set(_trace_outcome(outcome, finish), error=_error_code(outcome.item))
-            await _record_usage(deps, ref.owner, outcome, finish)
             if finish.written:  # failed results by code, for the operator console
                 await note_failure(deps.store, ref, task.model, outcome.route, outcome.item)
             await deps.inference.recorded(outcome)
@@ -286,15 +283,16 @@ def _error_outcome(
 
 
 async def _finish(
-    publisher: ResultPublisher, item: ResultItem, then: FollowUpJob | None
+    publisher: ResultPublisher, item: ResultItem, then: FollowUpJob | None, usage_tokens: int
 ) -> FinishOutcome:
-    """Write the final result (and enqueue its webhook delivery), riding out a short Redis
-    outage (the write is idempotent)."""
+    """Write the final result (and enqueue its webhook delivery, and count its upstream
+    tokens against the key's tokens per minute), riding out a short Redis outage (the write
+    is idempotent: a result already recorded is neither written nor counted again)."""
     delay = 0.05
     deadline = time.monotonic() + 30
     while True:
         try:
-            return await publisher.finish(item, then)
+            return await publisher.finish(item, then, usage_tokens)
         except (RedisError, OSError) as exc:
             if time.monotonic() > deadline:
                 raise
@@ -303,20 +301,10 @@ async def _finish(
             delay = min(delay * 2, 2.0)
 
 
-async def _record_usage(
-    deps: WorkerDeps, owner: str, outcome: InferenceOutcome, finish: FinishOutcome
-) -> None:
-    """Add a recorded result's upstream tokens to its key's tokens-per-minute counter. Best
-    effort, after the result is safe: a failure here never costs the answer."""
+def _tokens(outcome: InferenceOutcome) -> int:
+    """The upstream tokens a result used (prompt + completion), for tokens per minute."""
     usage = outcome.usage
-    if usage is None or not finish.written:
-        return
-    if deps.usage is None:
-        deps.usage = UsageMeter(deps.store.redis, deps.store.keys)
-    try:
-        await deps.usage.record(owner, usage.prompt_tokens + usage.completion_tokens)
-    except (RedisError, OSError) as exc:
-        log.warning("result.usage_not_counted", error=type(exc).__name__)
+    return 0 if usage is None else usage.prompt_tokens + usage.completion_tokens
 
 
 def _log_completion(

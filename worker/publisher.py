@@ -179,9 +179,12 @@ class ResultPublisher:
 
     # --- the end
 
-    async def finish(self, item: ResultItem, then: FollowUpJob | None = None) -> FinishOutcome:
+    async def finish(
+        self, item: ResultItem, then: FollowUpJob | None = None, usage_tokens: int = 0
+    ) -> FinishOutcome:
         """Append whatever is unsent and the final result in one step (never overwriting a
-        final result another run already wrote), enqueuing `then` with it."""
+        final result another run already wrote), enqueuing `then` with it and counting
+        `usage_tokens` against the key's tokens per minute if it is recorded."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -193,7 +196,7 @@ class ResultPublisher:
         final = Final(self._index, self._attempt, item)
         try:
             outcome = await self._store.finish_result(
-                self._ref, final, pending, then, self._job_class, self._token
+                self._ref, final, pending, then, self._job_class, self._token, usage_tokens
             )
         except BaseException:
             self._outbox[:0] = pending

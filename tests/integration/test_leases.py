@@ -373,6 +373,40 @@ async def test_a_stale_holders_deltas_are_not_appended(
     assert await store.append_events(ref, [Delta(0, 2, 2, text="tool")]) is not None
 
 
+async def usage_total(redis: aioredis.Redis) -> int:
+    keys = [key async for key in redis.scan_iter(match=KEYS.usage_prefix + OWNER + ":*")]
+    return sum([int(await redis.get(key) or 0) for key in keys])
+
+
+async def test_the_finish_script_counts_a_recorded_results_tokens_once_and_a_stale_runs_never(
+    store: TaskStore, redis_async: aioredis.Redis
+) -> None:
+    # tokens per minute are added in the script that records the result (no round trip of
+    # their own): a result recorded counts once; a second final result, or one refused
+    # for a lost lease, counts nothing
+    record = await submitted(store)
+    ref = record.ref
+    stale, current = await lapsed_and_reclaimed(redis_async)
+    done = await store.finish_result(
+        ref,
+        Final(0, 2, success(ref, "current")),
+        job_class=BATCH,
+        token=current.token,
+        usage_tokens=30,
+    )
+    assert done.written and await usage_total(redis_async) == 30
+    late = await store.finish_result(
+        ref,
+        Final(0, 1, success(ref, "stale")),
+        job_class=BATCH,
+        token=stale.token,
+        usage_tokens=500,
+    )
+    assert late.lease_lost and await usage_total(redis_async) == 30
+    again = await store.finish_result(ref, Final(0, 3, success(ref, "again")), usage_tokens=500)
+    assert not again.written and await usage_total(redis_async) == 30
+
+
 async def test_the_claim_reads_the_arq_job_and_counts_its_try(
     store: TaskStore, redis_async: aioredis.Redis
 ) -> None:
