@@ -38,6 +38,7 @@ from worker.providers.openai_chat import chat_adapter
 from worker.providers.openai_responses import responses_adapter
 from worker.providers.runware import runware_adapter
 from worker.providers.segmind import SegmindAdapter
+from worker.providers.transport import ProviderTransport
 from worker.queue import QueueWorker, job_function, json_deserializer, json_serializer
 from worker.retry import RetryPolicy
 from worker.routing import RouteHealth
@@ -59,11 +60,15 @@ def build_adapters(settings: Settings) -> dict[str, Adapter]:
 async def on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     keys = Keys(settings.key_prefix, settings.queue_name)
+    limits = httpx.Limits(
+        max_connections=settings.upstream_max_connections,
+        max_keepalive_connections=settings.upstream_max_connections,
+    )
     client = CookielessClient(  # the provider calls of every tenant: no cookie jar
-        limits=httpx.Limits(
-            max_connections=settings.upstream_max_connections,
-            max_keepalive_connections=settings.upstream_max_connections,
-        ),
+        # aiohttp's transport under httpx: trusted provider URLs only (worker/providers/
+        # transport.py); user URLs go through the guarded clients below
+        transport=ProviderTransport(limits=limits),
+        limits=limits,
         timeout=httpx.Timeout(60.0, connect=settings.upstream_connect_timeout_s),
         follow_redirects=False,
     )

@@ -3,11 +3,15 @@ the upstream in its own dialect, streams parse, usage is read, and each error cl
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
@@ -32,11 +36,13 @@ from worker.providers.base import (
     ToolCallDelta,
     UpstreamCall,
     UsageReport,
+    error_for_transport,
 )
 from worker.providers.openai_chat import chat_adapter
 from worker.providers.openai_responses import responses_adapter
 from worker.providers.runware import runware_adapter
 from worker.providers.segmind import SegmindAdapter
+from worker.providers.transport import ProviderTransport, translate
 from worker.result import ResultAssembler
 
 KEY = SIM_KEY
@@ -58,9 +64,23 @@ def sim(sim_url: str) -> str:
     return sim_url
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as http:
+TRANSPORTS = ["httpx", "aiohttp"]  # httpx's own, and the worker's (ProviderTransport)
+
+
+def provider_client(transport: str, **kwargs: Any) -> httpx.AsyncClient:
+    if transport == "aiohttp":
+        limits = httpx.Limits(max_connections=10)
+        options = (
+            {"trace_configs": kwargs.pop("trace_configs")} if "trace_configs" in kwargs else {}
+        )
+        return httpx.AsyncClient(transport=ProviderTransport(limits=limits, **options), **kwargs)
+    kwargs.pop("trace_configs", None)
+    return httpx.AsyncClient(**kwargs)
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    async with provider_client(request.param) as http:
         yield http
 
 
@@ -365,8 +385,9 @@ async def test_unreachable(client: httpx.AsyncClient) -> None:
         await run(client, UpstreamCall(dead, KEY, task("hi"), seed=1))
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
-async def test_the_upstream_connection_is_reused(sim: str, adapter: str) -> None:
+async def test_the_upstream_connection_is_reused(sim: str, adapter: str, transport: str) -> None:
     """A stream read to `[DONE]` leaves its connection in the pool: three calls, one TCP
     connection (closing a response with its last bytes unread used to cost every upstream
     call a new connection)."""
@@ -379,9 +400,85 @@ async def test_the_upstream_connection_is_reused(sim: str, adapter: str) -> None
     async def hook(request: httpx.Request) -> None:
         request.extensions["trace"] = trace
 
-    async with httpx.AsyncClient(event_hooks={"request": [hook]}) as client:
+    async def connected(*_: Any) -> None:
+        connects.append("aiohttp")
+
+    aiohttp_trace = aiohttp.TraceConfig()
+    aiohttp_trace.on_connection_create_end.append(connected)
+    options = {"event_hooks": {"request": [hook]}, "trace_configs": [aiohttp_trace]}
+    async with provider_client(transport, **options) as client:
         for seed in range(3):
             call = UpstreamCall(route(sim, adapter), KEY, task("reuse [[sim:tokens=4]]"), seed)
             events = await run(client, call)
             assert events.count(Finished("stop")) == 1
     assert len(connects) == 1
+
+
+async def _serve_once(answer: bytes, *, reset: bool = False) -> tuple[str, asyncio.Server]:
+    """A server that reads a request, writes `answer` and hangs up (with a TCP reset, if
+    `reset`): an upstream dying before or during its answer."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if reset:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1", server
+
+
+HALF_A_STREAM = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"2d\r\n"
+    b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+    b"\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reset"),
+    [(b"", False), (HALF_A_STREAM, False), (HALF_A_STREAM, True), (b"HTTP/1.1 2", False)],
+    ids=["hung-up-before-answering", "hung-up-mid-stream", "reset-mid-stream", "garbage"],
+)
+async def test_an_upstream_hanging_up_is_a_broken_stream_not_a_connect_failure(
+    client: httpx.AsyncClient, answer: bytes, reset: bool
+) -> None:
+    # httpx-aiohttp's own mapping made any aiohttp ClientConnectionError (a server hanging
+    # up, mid-answer included) an httpx.ConnectTimeout: "unreachable", which is retried on
+    # another route as if nothing had been sent
+    base_url, server = await _serve_once(answer, reset=reset)
+    try:
+        dead = Route(
+            name="dying",
+            adapter="openai-chat",
+            base_url=base_url,
+            model="m",
+            api_key_env="X",
+            timeout_s=2,
+        )
+        with pytest.raises(UpstreamStreamBroken):
+            await run(client, UpstreamCall(dead, KEY, task("hi"), seed=1))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_connect_timeout_is_unreachable_and_a_read_timeout_is_a_timeout(
+    client: httpx.AsyncClient, sim: str
+) -> None:
+    # connect: what aiohttp raises for a connect (or pool) wait that timed out, as mapped
+    connect = translate(aiohttp.ConnectionTimeoutError("Connection timeout to host"))
+    assert isinstance(connect, httpx.ConnectTimeout)
+    assert isinstance(error_for_transport(connect, streaming=True), UpstreamUnreachable)
+    # read: the route's timeout, per request (httpx.Timeout via the request's extensions)
+    slow = UpstreamCall(route(sim, "openai-chat", timeout_s=0.3), KEY, task("[[sim:hang]]"), 1)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamTimeout):
+        await run(client, slow)
+    assert asyncio.get_running_loop().time() - started < 3
