@@ -20,6 +20,7 @@ from typing import Final
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from core.contract import TaskEvent, decode_event
@@ -58,6 +59,8 @@ class _Resync:
 
 
 RESYNC: Final = _Resync()
+
+_UNSUBSCRIBE_BATCH = 1000  # channels per UNSUBSCRIBE the sweeper sends
 
 
 @dataclass(eq=False)
@@ -118,6 +121,7 @@ class EventHub:
         self._redis = redis
         self._channels: dict[bytes, _Channel] = {}
         self._pubsub: PubSub | None = None
+        self._connection: Connection | None = None  # the PubSub's, once it is open
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -164,19 +168,31 @@ class EventHub:
                 state.idle_since = asyncio.get_running_loop().time()
 
     async def _send(self, name: bytes, state: _Channel, *, subscribe: bool) -> None:
-        state.want = subscribe
-        state.live.clear()
-        pubsub = self._pubsub
-        if pubsub is None or not self._connected.is_set():
+        await self._send_many([(name, state)], subscribe=subscribe)
+
+    async def _send_many(self, channels: list[tuple[bytes, _Channel]], *, subscribe: bool) -> None:
+        """One SUBSCRIBE (or UNSUBSCRIBE) command for all of `channels`: Redis answers it
+        with one confirmation per channel, in order."""
+        for _name, state in channels:
+            state.want = subscribe
+            state.live.clear()
+        connection = self._connection
+        if connection is None or not self._connected.is_set():
             return  # the connection loop subscribes everything wanted when it (re)connects
-        state.pending += 1
+        for _name, state in channels:
+            state.pending += 1
         try:
-            if subscribe:
-                await pubsub.subscribe(name)
-            else:
-                await pubsub.unsubscribe(name)
+            # Straight to the connection: redis-py's PubSub bookkeeping of channels (and
+            # its per-command connect check and event dispatch) is of no use to the hub,
+            # which keeps its own and replaces the whole PubSub when the connection drops.
+            await connection.send_command(
+                "SUBSCRIBE" if subscribe else "UNSUBSCRIBE",
+                *(name for name, _state in channels),
+                check_health=False,
+            )
         except (RedisError, OSError):
-            state.pending -= 1  # the reader notices the broken connection and reconnects
+            for _name, state in channels:  # the reader notices the broken connection
+                state.pending -= 1
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -203,27 +219,32 @@ class EventHub:
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         pubsub = self._redis.pubsub()
         self._pubsub = pubsub
+        self._connection = None
         for name, state in list(self._channels.items()):
             if not state.want and not state.subscribers:
                 del self._channels[name]
         # The first command opens the connection; only then may subscribe() send its own
         # SUBSCRIBEs (two coroutines opening it at once would each get a connection).
         await pubsub.subscribe(self._control)
+        connection = pubsub.connection
+        assert connection is not None
+        self._connection = connection
         self._connected.set()
         wanted = [name for name, state in self._channels.items() if state.want]
         for name in wanted:
             self._channels[name].pending += 1
         if wanted:
-            await pubsub.subscribe(*wanted)
+            await connection.send_command("SUBSCRIBE", *wanted, check_health=False)
         while True:
-            message = await pubsub.get_message(timeout=None)
-            if message is None:
+            # Replies straight off the connection, as hiredis parses them: [b"message",
+            # channel, data], or [b"subscribe" / b"unsubscribe", channel, count].
+            reply = await connection.read_response(disconnect_on_error=False, push_request=True)
+            if not isinstance(reply, list) or len(reply) < 3:
                 continue
-            kind = message["type"]
-            name = message["channel"]
-            if kind == "message":
-                self._dispatch(name, message["data"])
-            elif kind in ("subscribe", "unsubscribe"):
+            kind, name = reply[0], reply[1]
+            if kind == b"message":
+                self._dispatch(name, reply[2])
+            elif kind in (b"subscribe", b"unsubscribe"):
                 found = self._channels.get(name)
                 if found is None:
                     continue
@@ -256,17 +277,25 @@ class EventHub:
         while True:
             await asyncio.sleep(self._unsubscribe_after_s / 2)
             now = asyncio.get_running_loop().time()
-            for name, state in list(self._channels.items()):
-                idle = state.idle_since
-                if (
-                    state.want
+            names = list(self._channels)
+            # one UNSUBSCRIBE for many channels, not a command (and a write) for each
+            for start in range(0, len(names), _UNSUBSCRIBE_BATCH):
+                idle = [
+                    (name, state)
+                    for name in names[start : start + _UNSUBSCRIBE_BATCH]
+                    if (state := self._channels.get(name)) is not None
+                    and state.want
                     and not state.subscribers
-                    and idle is not None
-                    and now - idle >= self._unsubscribe_after_s
-                ):
-                    await self._send(name, state, subscribe=False)
-                    if self._pubsub is None or not self._connected.is_set():
-                        del self._channels[name]
+                    and state.idle_since is not None
+                    and now - state.idle_since >= self._unsubscribe_after_s
+                ]
+                if not idle:
+                    continue
+                await self._send_many(idle, subscribe=False)
+                if self._connection is None or not self._connected.is_set():
+                    for name, state in idle:
+                        if not state.want and not state.subscribers:
+                            self._channels.pop(name, None)
 
 
 class TaskEvents:
