@@ -26,6 +26,11 @@ class SyncWaits:
         self._running: set[asyncio.Timeout] = set()
         self._cap: float | None = None
 
+    @property
+    def ending(self) -> bool:
+        """Whether a shutdown has brought the waits' end forward."""
+        return self._cap is not None
+
     def end_by(self, when: float) -> None:
         """End every wait by the loop time `when`, and those that start later too."""
         self._cap = when if self._cap is None else min(self._cap, when)

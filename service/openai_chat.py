@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from core.errors import TaskwireError
 from core.events import TaskEvents
-from service.delivery import collect_results
+from service.delivery import collect_results, sync_waits
 from service.openai_chat_render import ChatChunks, completion_body
 from service.openai_common import (
     TASK_UUID_HEADER,
@@ -363,6 +363,18 @@ async def chat_completions(request: Request, state: State) -> Response:
             deadline = asyncio.get_running_loop().time() + state.settings.sync_timeout_s
             results = await collect_results(
                 sub, state.store, submitted.ref, n, deadline, read_first=not submitted.created
+            )
+        if len(results) < n and sync_waits.ending:
+            # this process is shutting down: a 503 its client retries (OpenAI's SDK does),
+            # on another process, where an Idempotency-Key waits for the same task
+            raise OpenAIError(
+                "This API process is shutting down before the completion finished; send the "
+                f"request again (with the same Idempotency-Key it waits for task {task_uuid} "
+                "instead of starting another).",
+                status=503,
+                kind="server_error",
+                code="server_shutting_down",
+                retry_after=1,
             )
         if len(results) < n:
             raise OpenAIError(
