@@ -17,6 +17,7 @@ from bench import (
     observability,
     openai_compat,
     sidebyside,
+    sizing,
     streaming,
     tenants,
     webhooks,
@@ -244,6 +245,18 @@ async def load_sections(args: argparse.Namespace) -> list[str]:
     ]
 
 
+async def sizing_sections(args: argparse.Namespace) -> list[str]:
+    print("sizing: Redis cost per task, async throughput by worker count ...", flush=True)
+    idle, costs = await sizing.redis_costs()
+    runs = await sizing.worker_scaling(args.tasks)
+    return [
+        "### Sizing: Redis commands and bytes per task (one Redis node)\n\n"
+        + sizing.costs_table(idle, costs),
+        "### Sizing: async throughput by worker processes (one Redis node)\n\n"
+        + sizing.scaling_table(runs),
+    ]
+
+
 SUITES = {
     "foundation": foundation_sections,
     "streaming": streaming_sections,
@@ -253,6 +266,7 @@ SUITES = {
     "ws": ws_sections,
     "observability": observability_sections,
     "load": load_sections,
+    "sizing": sizing_sections,
 }
 
 
