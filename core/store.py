@@ -7,6 +7,7 @@ final result, its event and its notification land together or not at all.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from core.contract import Delta, ErrorItem, Final, ResultItem, TaskEvent, decode_event, decode_item
 from core.jobs import JOB_INPUT_FIELDS, JobInput, job_input_from
@@ -110,7 +112,9 @@ class FinishOutcome:
 # s, max queue depth, default max queued per key, job class, rate prefix, usage prefix,
 # default rps, default burst, default tokens per minute, then n job payloads, n job ids,
 # the canonical taskUUID, the head of the key's task record names ("<prefix>:task:{<owner>:")
-# and the trace context to store with the task ('' for none; field `tc`, core/tracing.py).
+# and the trace context to store with the task ('' for none; field `tc`, core/tracing.py),
+# then the channel to publish the workers' wake-up on once the task is stored ('' for none:
+# a request of several tasks publishes it once, after them).
 # KEYS: the task record, the n arq job keys, then the key's task index (a ZSET: taskUUIDs
 # by creation time, read by GET /v1/tasks). Returns {1} (created), {0, fp} (the
 # taskUUID exists), {-1} (the queue is full), {-2, limit} (the key's own queue quota is
@@ -165,9 +169,14 @@ for _, member in ipairs(old) do
   if redis.call('EXISTS', head .. member .. '}') == 0 then redis.call('ZREM', index, member) end
 end
 redis.call('PEXPIRE', index, 2 * ttl_ms)
+local wake = ARGV[J + 2 * n + 4]
+if wake and wake ~= '' then redis.call('PUBLISH', wake, '1') end
 return {1}
 """
 )
+
+# Redis names a cached script by its SHA-1 (EVALSHA): an identifier, not a security measure.
+_SUBMIT_SHA = hashlib.sha1(_SUBMIT.encode(), usedforsecurity=False).hexdigest()
 
 # Appends one event to a task's stream and notifies live readers with "<id> <payload>".
 _APPEND_EVENT = """
@@ -312,50 +321,78 @@ class TaskStore:
         now = time.time()
         now_ms = int(now * 1000)
         created_ms = f"{now * 1000:.3f}"
+        if len(tasks) == 1:
+            # One task (every sync request): one EVALSHA, which publishes the wake-up
+            # itself, without a pipeline's machinery.
+            args = self._submit_args(tasks[0], now_ms, created_ms, wake=True)
+            try:
+                reply = await self.redis.evalsha(_SUBMIT_SHA, *args)  # type: ignore[misc]
+            except NoScriptError:  # the script cache was emptied: it did not run
+                await self.redis.script_load(_SUBMIT)
+                reply = await self.redis.evalsha(_SUBMIT_SHA, *args)  # type: ignore[misc]
+            return [_submit_outcome(reply)]
+        commands = [self._submit_args(task, now_ms, created_ms, wake=False) for task in tasks]
+        replies = await self._submit_many(commands)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self.redis.script_load(_SUBMIT)
+            again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            redone = await self._submit_many([commands[i] for i in again])
+            for i, reply in zip(again, redone, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [_submit_outcome(reply) for reply in replies]
+
+    async def _submit_many(self, commands: list[list[Any]]) -> list[Any]:
+        """The submit script for each of `commands` and one wake-up, in one round trip;
+        a command's error is its reply (a NoScriptError did not run)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for task in tasks:
-                n = len(task.seeds)
-                job_ids = [self.keys.job_id(task.ref, i) for i in range(n)]
-                payloads = [
-                    arq_job(RUN_RESULT_JOB, [task.ref.owner, task.ref.uuid, i], now_ms)
-                    for i in range(n)
-                ]
-                # EVAL, not EVALSHA: a pipeline of EVALSHA costs an extra SCRIPT EXISTS round
-                # trip in redis-py, and Redis caches the compiled script by its hash anyway.
-                keys = [
-                    self.keys.task(task.ref),
-                    *(self.keys.job(job_id) for job_id in job_ids),
-                    self.keys.task_index(task.ref.owner),
-                ]
-                pipe.eval(
-                    _SUBMIT,
-                    len(keys),
-                    *keys,
-                    self.keys.queue_prefix,
-                    self.keys.tenant_prefix,
-                    task.fingerprint,
-                    _dumps(task.request),
-                    _dumps(task.seeds),
-                    str(n),
-                    created_ms,
-                    str(self.retention_s),
-                    str(self.max_queue_depth),
-                    str(self.max_queued_per_key),
-                    job_class_of(task.request),
-                    self.keys.rate_prefix,
-                    self.keys.usage_prefix,
-                    str(self.rate.rate),
-                    str(self.rate.burst),
-                    str(self.tokens_per_minute),
-                    *payloads,
-                    *job_ids,
-                    task.ref.uuid,
-                    f"{self.keys.task_head}{task.ref.owner}:",
-                    task.trace or "",
-                )
+            for args in commands:
+                pipe.evalsha(_SUBMIT_SHA, *args)
             pipe.publish(self.keys.wake, b"1")
-            replies = await pipe.execute()
-        return [_submit_outcome(reply) for reply in replies[:-1]]
+            replies = await pipe.execute(raise_on_error=False)
+        return list(replies[:-1])
+
+    def _submit_args(self, task: NewTask, now_ms: int, created_ms: str, *, wake: bool) -> list[Any]:
+        """The submit script's key count, KEYS and ARGV for one task (EVALSHA, not EVAL:
+        the script is 8 KB, sent and hashed by Redis on every EVAL)."""
+        n = len(task.seeds)
+        job_ids = [self.keys.job_id(task.ref, i) for i in range(n)]
+        payloads = [
+            arq_job(RUN_RESULT_JOB, [task.ref.owner, task.ref.uuid, i], now_ms) for i in range(n)
+        ]
+        keys = [
+            self.keys.task(task.ref),
+            *(self.keys.job(job_id) for job_id in job_ids),
+            self.keys.task_index(task.ref.owner),
+        ]
+        return [
+            len(keys),
+            *keys,
+            self.keys.queue_prefix,
+            self.keys.tenant_prefix,
+            task.fingerprint,
+            _dumps(task.request),
+            _dumps(task.seeds),
+            str(n),
+            created_ms,
+            str(self.retention_s),
+            str(self.max_queue_depth),
+            str(self.max_queued_per_key),
+            job_class_of(task.request),
+            self.keys.rate_prefix,
+            self.keys.usage_prefix,
+            str(self.rate.rate),
+            str(self.rate.burst),
+            str(self.tokens_per_minute),
+            *payloads,
+            *job_ids,
+            task.ref.uuid,
+            f"{self.keys.task_head}{task.ref.owner}:",
+            task.trace or "",
+            self.keys.wake if wake else "",
+        ]
 
     async def get(self, ref: TaskRef) -> TaskRecord | None:
         raw = await self.redis.hgetall(self.keys.task(ref))  # type: ignore[misc]
