@@ -9,7 +9,9 @@ counter the claim script keeps) and each key's interactive backlog. A new intera
 of key K is refused with 503 `serverBusy` when its estimated wait to start is over the
 budget: the work ahead of it, which under fair turns is each waiting key's backlog up to
 K's own position (a flood from one key does not make another key's single task wait), over
-the rate at which workers started interactive work in the last second. Batch work is never
+the rate at which workers started interactive work in the last second while work was
+waiting (their capacity; before any is measured, a burst on an idle stack is accepted, and
+work waiting longer than the budget with nothing started is refused). Batch work is never
 shed here: it is meant to wait, up to the queue limits.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -56,7 +59,11 @@ MIN_AHEAD = 8
 class Snapshot:
     at: float = 0.0
     backlog: dict[str, int] = field(default_factory=dict)
+    # interactive jobs started per second while work was waiting (the workers' capacity);
+    # 0: not measured (nothing waited in the last second) or nothing started
     rate_per_s: float = 0.0
+    # how long interactive work has been waiting without a break (inf: as far as is known)
+    backlog_age_s: float = math.inf
 
 
 class LoadShedder:
@@ -67,7 +74,9 @@ class LoadShedder:
         self.refresh_s = refresh_s
         self._keys = keys
         self._snapshot_script = redis.register_script(_SNAPSHOT)
-        self._started: collections.deque[tuple[float, int]] = collections.deque()
+        # (time, interactive jobs started so far, interactive jobs waiting) per refresh
+        self._samples: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._waiting_since: float | None = None
         self.snapshot = Snapshot()
         self._task: asyncio.Task[None] | None = None
 
@@ -98,16 +107,32 @@ class LoadShedder:
     async def refresh(self) -> None:
         reply = await self._snapshot_script(args=[self._keys.queue_prefix, 1000])
         now = time.monotonic()
-        self._started.append((now, int(reply[0])))
-        while len(self._started) > 2 and now - self._started[1][0] >= 1.0:
-            self._started.popleft()
-        first_at, first = self._started[0]
-        rate = (int(reply[0]) - first) / (now - first_at) if now > first_at else 0.0
         backlog = {
             owner.decode(): int(count)
             for owner, count in zip(reply[1::2], reply[2::2], strict=True)
         }
-        self.snapshot = Snapshot(now, backlog, rate)
+        waiting = sum(backlog.values())
+        self._samples.append((now, int(reply[0]), waiting))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= 1.0:
+            self._samples.popleft()
+        if waiting == 0:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = now
+        age = 0.0 if self._waiting_since is None else now - self._waiting_since
+        self.snapshot = Snapshot(now, backlog, self._busy_rate(), age)
+
+    def _busy_rate(self) -> float:
+        """Starts per second over the last second's intervals that began with work waiting:
+        the workers' capacity. Intervals with nothing waiting are left out (an idle worker
+        starting the odd task says nothing of how fast it could go), so the first refresh
+        after a burst on an idle stack has no rate yet rather than a tiny one."""
+        started = busy = 0.0
+        for (t0, s0, w0), (t1, s1, _w1) in itertools.pairwise(self._samples):
+            if w0 > 0:
+                started += s1 - s0
+                busy += t1 - t0
+        return started / busy if busy > 0 else 0.0
 
     def estimated_wait_s(self, owner: str, new: int = 1) -> float:
         """How long `new` interactive tasks of `owner` would wait to start, by the snapshot."""
@@ -118,7 +143,10 @@ class LoadShedder:
         if ahead < MIN_AHEAD + new:
             return 0.0
         if snap.rate_per_s <= 0:
-            return math.inf
+            # no measured capacity: work that has waited longer than the budget with no
+            # start is refused (no worker takes it); a fresh burst is not load yet (the next
+            # refresh measures how fast it goes)
+            return math.inf if snap.backlog_age_s >= self.budget_s else 0.0
         return ahead / snap.rate_per_s
 
     def check(self, owner: str, new: int = 1) -> None:

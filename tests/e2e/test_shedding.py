@@ -46,3 +46,30 @@ def test_interactive_work_that_cannot_start_is_refused_fast(make_stack: StackFac
         assert api.wait_final(task["taskUUID"])[0]["status"] == "success"
     wait_until(lambda: api.post([text_task("after")]).status_code == 200, 15, "sync to be accepted")
     api.close()
+
+
+async def test_a_burst_on_an_idle_stack_is_served_not_refused(make_stack: StackFactory) -> None:
+    # Sixteen users start sending at once on a stack that was idle: until the shedder has
+    # seen the workers busy it has no measure of their capacity, which is not overload (an
+    # idle second read as a start rate of a few per second, and such bursts were refused).
+    import asyncio
+    import time
+
+    import httpx
+
+    from tests.conftest import KEY_A
+
+    stack = make_stack(env={"TASKWIRE_SHED_REFRESH_S": "0.05"})
+    await asyncio.sleep(1.5)  # idle for more than the rate's window
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
+
+        async def user(n: int) -> None:
+            ends = time.monotonic() + 1.0
+            while time.monotonic() < ends:
+                task = text_task(f"burst {n} [[sim:ttft=20]]")
+                statuses.append((await http.post("/v1", json=[task], headers=headers)).status_code)
+
+        await asyncio.gather(*(user(n) for n in range(16)))
+    assert len(statuses) >= 16 and set(statuses) == {200}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -57,3 +58,30 @@ def test_small_bursts_and_stopped_workers() -> None:
     assert shedder({"a": MIN_AHEAD - 2}, rate=0.0).estimated_wait_s("a") == 0.0
     assert math.isinf(shedder({"a": 500}, rate=0.0).estimated_wait_s("a"))
     shedder({"a": 500}, rate=0.0, budget_s=0).check("a")  # a budget of 0 turns shedding off
+
+
+def test_a_burst_on_an_idle_stack_is_not_refused_but_a_stuck_backlog_is() -> None:
+    # nothing measured yet (the workers were idle): a burst that just arrived is accepted
+    young = shedder({"a": 40}, rate=0.0)
+    young.snapshot.backlog_age_s = 0.1
+    assert young.estimated_wait_s("a") == 0.0
+    young.check("a")
+    # the same backlog waiting past the budget with nothing started: no worker takes it
+    stuck = shedder({"a": 40}, rate=0.0)
+    stuck.snapshot.backlog_age_s = 1.5
+    assert math.isinf(stuck.estimated_wait_s("a"))
+    with pytest.raises(ServiceUnavailable):
+        stuck.check("a")
+
+
+def test_the_rate_counts_only_intervals_that_began_with_work_waiting() -> None:
+    shed = shedder({}, rate=0.0)
+    shed._samples = collections.deque(
+        [
+            (0.0, 100, 0),  # idle: the next interval's 5 starts say nothing of capacity
+            (0.1, 105, 30),
+            (0.2, 125, 12),  # 20 started in 0.1 s with work waiting
+            (0.3, 137, 0),  # 12 more in 0.1 s
+        ]
+    )
+    assert shed._busy_rate() == pytest.approx((20 + 12) / 0.2)
