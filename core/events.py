@@ -72,6 +72,11 @@ class Subscription:
     )
     lagged: bool = False
 
+    @property
+    def live(self) -> bool:
+        """Whether Redis has confirmed the subscription (`ready` would return at once)."""
+        return self.hub._channels[self.channel].live.is_set()
+
     async def ready(self) -> None:
         """Return once Redis has confirmed the subscription, so nothing published is missed."""
         await self.hub._channels[self.channel].live.wait()

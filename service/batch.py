@@ -243,7 +243,10 @@ class Batch:
                 slot.errors.append(outcome)
             else:
                 waits.append(self._answer(slot, outcome, deadline))
-        await asyncio.gather(*waits)
+        if len(waits) == 1:  # the usual case: no task (and loop turn) for a gather
+            await waits[0]
+        elif waits:
+            await asyncio.gather(*waits)
 
     async def _answer(self, slot: Slot, submitted: Submitted, deadline: float) -> None:
         """The answerer of the task's delivery method."""

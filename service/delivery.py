@@ -64,6 +64,8 @@ async def watching(hub: EventHub, store: TaskStore, ref: TaskRef) -> AsyncIterat
 
 async def confirmed(sub: Subscription) -> None:
     """Wait until Redis confirms the subscription: from then on, nothing published is missed."""
+    if sub.live:
+        return
     try:
         async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
             await sub.ready()

@@ -210,7 +210,11 @@ class Intake:
         """Store and enqueue the tasks in one round trip, once their subscriptions are
         confirmed; each is Submitted, or the error that refused it (a limit, the queue, a
         taskUUID already used with another body)."""
-        await asyncio.gather(*(confirmed(a.sub) for a in accepted if a.sub is not None))
+        unconfirmed = [a.sub for a in accepted if a.sub is not None and not a.sub.live]
+        if len(unconfirmed) == 1:  # the usual case: no task (and loop turn) for a gather
+            await confirmed(unconfirmed[0])
+        elif unconfirmed:
+            await asyncio.gather(*(confirmed(sub) for sub in unconfirmed))
         with span("tasks.submit", {"taskwire.tasks": len(accepted)}):
             outcomes = await self.store.submit([a.new for a in accepted])
         answers: list[Submitted | TaskwireError] = []
