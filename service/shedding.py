@@ -123,13 +123,14 @@ class LoadShedder:
         self.snapshot = Snapshot(now, backlog, self._busy_rate(), age)
 
     def _busy_rate(self) -> float:
-        """Starts per second over the last second's intervals that began with work waiting:
-        the workers' capacity. Intervals with nothing waiting are left out (an idle worker
-        starting the odd task says nothing of how fast it could go), so the first refresh
-        after a burst on an idle stack has no rate yet rather than a tiny one."""
+        """Starts per second over the last second's intervals with work waiting at both
+        ends (the workers busy throughout): their capacity. Other intervals are left out:
+        a worker that was idle for part of one started what arrived, which says how fast
+        work came, not how fast it could go; so the first refresh after a burst on a quiet
+        stack has no rate yet rather than a tiny one."""
         started = busy = 0.0
-        for (t0, s0, w0), (t1, s1, _w1) in itertools.pairwise(self._samples):
-            if w0 > 0:
+        for (t0, s0, w0), (t1, s1, w1) in itertools.pairwise(self._samples):
+            if w0 > 0 and w1 > 0:
                 started += s1 - s0
                 busy += t1 - t0
         return started / busy if busy > 0 else 0.0

@@ -74,14 +74,28 @@ def test_a_burst_on_an_idle_stack_is_not_refused_but_a_stuck_backlog_is() -> Non
         stuck.check("a")
 
 
-def test_the_rate_counts_only_intervals_that_began_with_work_waiting() -> None:
+def test_the_rate_counts_only_intervals_busy_throughout() -> None:
     shed = shedder({}, rate=0.0)
     shed._samples = collections.deque(
         [
             (0.0, 100, 0),  # idle: the next interval's 5 starts say nothing of capacity
             (0.1, 105, 30),
-            (0.2, 125, 12),  # 20 started in 0.1 s with work waiting
-            (0.3, 137, 0),  # 12 more in 0.1 s
+            (0.2, 125, 12),  # 20 started in 0.1 s with work waiting throughout
+            (0.3, 137, 0),  # 12 more, but the line emptied: how fast work came, not capacity
         ]
     )
-    assert shed._busy_rate() == pytest.approx((20 + 12) / 0.2)
+    assert shed._busy_rate() == pytest.approx(20 / 0.1)
+
+
+def test_a_lightly_loaded_stack_does_not_read_its_arrival_rate_as_capacity() -> None:
+    # 10 tasks/s, each started at once; one refresh in ten catches one waiting: the odd
+    # interval that began with it waiting must not read as a capacity of 10/s
+    shed = shedder({}, rate=0.0)
+    samples = []
+    for i in range(11):
+        samples.append((i * 0.1, 100 + i, 1 if i == 4 else 0))
+    shed._samples = collections.deque(samples)
+    assert shed._busy_rate() == 0.0
+    # then sixteen keys send at once: a fresh backlog, accepted
+    shed.snapshot = Snapshot(1.0, {f"k{n}": 1 for n in range(16)}, 0.0, 0.05)
+    assert shed.estimated_wait_s("new") == 0.0
