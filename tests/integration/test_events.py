@@ -158,3 +158,29 @@ async def test_idle_channels_are_unsubscribed(
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(gone(), 5)
+
+
+async def test_many_idle_channels_go_in_one_sweep_and_a_returning_reader_is_live(
+    hub: EventHub, store: TaskStore, redis_async: aioredis.Redis
+) -> None:
+    refs = [new_ref() for _ in range(50)]
+    channels = [store.keys.events(ref) for ref in refs]
+    for channel in channels:
+        async with hub.subscribe(channel) as sub:
+            await sub.ready()
+    counts = dict(await redis_async.pubsub_numsub(*channels))
+    assert set(counts.values()) == {1}
+
+    async def gone() -> None:
+        while any(dict(await redis_async.pubsub_numsub(*channels)).values()):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(gone(), 5)
+    # a reader coming back to a channel the sweep unsubscribed subscribes it again
+    ref = refs[0]
+    async with hub.subscribe(channels[0]) as sub:
+        await sub.ready()
+        assert sub.live
+        await store.append_events(ref, [delta(1)])
+        event = await asyncio.wait_for(sub.get(), 5)
+        assert isinstance(event, Event) and seq(event) == 1
