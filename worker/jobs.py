@@ -198,8 +198,8 @@ async def _produce(
             task,
             index,
             "inferenceError",
-            f"The task was interrupted {limit} times (workers stopped or "
-            "crashed while running it); giving up.",
+            f"The task was interrupted {limit} times (workers stopped, crashed or lost "
+            "their storage while running it); giving up.",
         )
     should_stop = _stop_check(deps.store, ref, stop)
     try:

@@ -170,6 +170,10 @@ def fairness(settings: Settings) -> Fairness:
     )
 
 
+# arq's try limit for result jobs: far past job_max_tries (see build_worker)
+RESULT_TRIES_BACKSTOP = 1000
+
+
 def build_worker(settings: Settings) -> QueueWorker:
     keys = Keys(settings.key_prefix, settings.queue_name)
     redis = ArqRedis(
@@ -198,7 +202,10 @@ def build_worker(settings: Settings) -> QueueWorker:
                 name=RUN_RESULT_JOB,
                 timeout=backstop_s,
                 keep_result=0,
-                max_tries=settings.job_max_tries + 1,
+                # run_result enforces job_max_tries itself and records an error result past
+                # it; arq's limit is a backstop that must never be reached first (arq gives up
+                # with nothing recorded, and the task would stay processing)
+                max_tries=RESULT_TRIES_BACKSTOP,
             ),
         ],
         queue_name=settings.queue_name,

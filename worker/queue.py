@@ -231,6 +231,11 @@ class QueueWorker(Worker):
         task.add_done_callback(lambda _task: self._job_done(job_id, claim))
         worker_metrics.job_started(job.job_class)
         task.add_done_callback(lambda _task: worker_metrics.job_ended(job.job_class))
+        previous = self.tasks.get(job_id)
+        if previous is not None and not previous.done():
+            # a lapsed run of this job id, still ending: kept where arq's shutdown cancels
+            # and its poll reaps tasks (any key will do there), not overwritten
+            self.tasks[f"{job_id}|lapsed|{id(previous)}"] = previous
         self.tasks[job_id] = task
 
     def _job_done(self, job_id: str, claim: Claim) -> None:
@@ -412,12 +417,14 @@ class QueueWorker(Worker):
                 async with asyncio.timeout(timeout_s):
                     result = await task
             finally:
-                del self.job_tasks[job_id]
+                # a lapsed run of this job id may end after a newer run of it started here
+                if self.job_tasks.get(job_id) is task:
+                    del self.job_tasks[job_id]
         except (Exception, asyncio.CancelledError) as exc:
             if self.retry_jobs and isinstance(exc, Retry):
+                # a delay from now: finish_job's hand-back makes the job due at now + this
+                # (arq adds the run's time because it moves the job's old queue score)
                 incr_score = exc.defer_score
-                if exc.defer_score:
-                    incr_score = exc.defer_score + (timestamp_ms() - score)
                 self.jobs_retried += 1
             elif job_id in self.aborting_tasks and isinstance(exc, asyncio.CancelledError):
                 result = exc

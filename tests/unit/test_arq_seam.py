@@ -197,6 +197,7 @@ async def test_run_job_runs_a_claimed_job_from_what_the_claim_read() -> None:
         seen.append((ctx["job_id"], ctx["job_try"], args, _RUN.get(), asyncio.current_task()))
 
     async def retry(ctx: dict[str, object], *args: object) -> None:
+        await asyncio.sleep(0.3)  # a run that took a while before asking to retry
         raise Retry(defer=2)
 
     worker, ended = _seam_worker([job, retry])
@@ -217,10 +218,49 @@ async def test_run_job_runs_a_claimed_job_from_what_the_claim_read() -> None:
     await _run(worker, claim("retry", 1), "o:u:1")
     [(job_id, finish, incr_score)] = ended
     assert job_id == "o:u:1" and not finish and isinstance(incr_score, int)
-    assert incr_score >= 2000  # handed back, due again after the Retry's delay
+    # handed back, due again the Retry's delay from now (not also the run's 0.3 s: arq adds
+    # that to move an old queue score; the hand-back measures from now)
+    assert incr_score == 2000
 
     ended.clear()
     await _run(worker, claim("job", 4), "o:u:2")  # past max_tries: never run
     await _run(worker, Claim("b", None, False, token="t.2", payload=None, job_try=1), "o:u:3")
     assert ended == [("o:u:2", False, "failed"), ("o:u:3", False, "failed")]
     assert len(seen) == 1
+
+
+async def test_a_lapsed_run_ending_after_a_newer_run_of_its_job_leaves_that_run_alone() -> None:
+    # A worker stalled past its lease claims its own job again; the old run then ends
+    # (lease lost) while the new one runs. The old run's cleanup must not remove the new
+    # run's task entry: the new run's own cleanup then raised KeyError, which turned its
+    # hand-back (a Retry here) into a failure that settled the job with no result.
+    from worker.context import Claim
+    from worker.queue import json_serializer
+
+    release_old = asyncio.Event()
+    new_started = asyncio.Event()
+    release_new = asyncio.Event()
+
+    async def job(ctx: dict[str, object], which: str) -> None:
+        if which == "old":
+            await release_old.wait()
+            return
+        new_started.set()
+        await release_new.wait()
+        raise Retry(defer=1)
+
+    worker, ended = _seam_worker([job])
+
+    def claim(which: str, token: str) -> Claim:
+        payload = json_serializer({"t": None, "f": "job", "a": [which], "k": {}, "et": 5})
+        return Claim("b", None, False, token=token, payload=payload, job_try=1)
+
+    old = asyncio.create_task(_run(worker, claim("old", "t.1"), "o:u:0"))
+    await asyncio.sleep(0.05)
+    new = asyncio.create_task(_run(worker, claim("new", "t.2"), "o:u:0"))
+    await new_started.wait()
+    release_old.set()
+    await old
+    release_new.set()
+    await new
+    assert ended == [("o:u:0", True, None), ("o:u:0", False, 1000)]
