@@ -177,12 +177,16 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             lifecycle(app).begin_drain("lifespan shutdown")
+            # the fast doors hold this startup's state: a later startup makes its own
+            app.state.task_door = app.state.socket_door = None
             await app.state.queue_exporter.close()
             await shedder.close()
             await key_sync.close()
             await hub.close()
             await image_client.aclose()
-            await redis.aclose()
+            # the pool was made here, not by the client: close it too (its connections
+            # were left to the garbage collector)
+            await redis.aclose(close_connection_pool=True)
 
     app = TaskwireApp(
         title="taskwire",
