@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 import service.metrics
+import service.openai_common
 import worker.metrics
 from core.metrics import QUEUE_METRICS
 from core.settings import PROJECT_ROOT
@@ -24,6 +25,7 @@ SUFFIXES = {
 
 def exported() -> set[str]:
     assert service.metrics.REQUESTS is not None and worker.metrics.RESULTS is not None
+    assert service.openai_common.OPENAI_REQUESTS is not None  # the OpenAI door's, registered
     names = set(QUEUE_METRICS)
     for family in REGISTRY.collect():
         if family.name.startswith("taskwire_"):
