@@ -229,7 +229,7 @@ TASK_PATHS = ("/v1", "/v1/")
 
 def task_door(app: FastAPI) -> ASGIApp | None:
     """`POST /v1` as an ASGI app of its own: PublicOrigin (and TracingMiddleware when on),
-    then `answer_tasks`, made once per application after its startup (None before).
+    then `answer_tasks`, made once per startup of the application (None before one).
 
     The hot door skips FastAPI's and Starlette's layers, which do nothing for it:
     `answer_tasks` answers every TaskwireError, Redis and OS error itself in the protocol's
@@ -240,12 +240,12 @@ def task_door(app: FastAPI) -> ASGIApp | None:
     exception is answered by the app's own `Exception` handler (the JSON 500, logged) and
     raised on to uvicorn, as Starlette's ServerErrorMiddleware does, and `scope["route"]`
     is the `/v1` route, which names the tracing span."""
-    door: ASGIApp | None = getattr(app.state, "task_door", None)
-    if door is not None:
-        return door
     state: AppState | None = getattr(app.state, "taskwire", None)
     if state is None:  # not started
         return None
+    door: ASGIApp | None = getattr(app.state, "task_door", None)
+    if door is not None and getattr(app.state, "task_door_state", None) is state:
+        return door  # made from the state this startup built, never an earlier one's
     routes = {getattr(route, "path", None): route for route in router.routes}
     on_error = app.exception_handlers.get(Exception)
 
@@ -275,6 +275,7 @@ def task_door(app: FastAPI) -> ASGIApp | None:
             raise
 
     inner: ASGIApp = TracingMiddleware(endpoint) if tracing_active() else endpoint
+    app.state.task_door_state = state
     door = app.state.task_door = PublicOrigin(
         inner,
         public_base_url=state.settings.public_base_url,

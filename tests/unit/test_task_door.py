@@ -27,12 +27,16 @@ def app_settings(**settings: Any) -> Settings:
     return Settings(api_keys=["k"], **settings)  # type: ignore[arg-type]
 
 
-async def test_the_door_is_made_once_after_startup() -> None:
+async def test_the_door_is_made_once_per_startup() -> None:
     app = create_app(app_settings())
     assert api.task_door(app) is None  # not started: FastAPI's route answers
     app.state.taskwire = SimpleNamespace(settings=app_settings())
     door = api.task_door(app)
     assert door is not None and api.task_door(app) is door
+    # another startup's state (the app started again): a door of its own
+    app.state.taskwire = SimpleNamespace(settings=app_settings())
+    again = api.task_door(app)
+    assert again is not None and again is not door and api.task_door(app) is again
 
 
 async def test_requests_reach_answer_tasks_with_the_public_origin(
