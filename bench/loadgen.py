@@ -39,10 +39,17 @@ class Run:
         return [o.latency_ms for o in self.outcomes if o.status == status]
 
 
+# An idle connection is not reused after this long: servers close idle keep-alive
+# connections (uvicorn after 5 s), and a request written on one that was just closed fails
+# for the generator, not the server (HTTP clients expire theirs the same way: httpx, 5 s).
+KEEPALIVE_EXPIRY_S = 4.0
+
+
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader = reader
         self.writer = writer
+        self.idle_since = time.monotonic()
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
         self.writer.write(raw)
@@ -72,13 +79,27 @@ class LoadGenerator:
         lines += [f"Content-Length: {len(body)}", "Content-Type: application/json", "", ""]
         return "\r\n".join(lines).encode() + body
 
+    def _reuse(self) -> _Connection | None:
+        """The most recently used idle connection not past its keep-alive expiry (expired
+        ones are closed)."""
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since < KEEPALIVE_EXPIRY_S:
+                return connection
+            self._open -= 1
+            connection.writer.close()
+        return None
+
     async def _connection(self) -> _Connection:
-        if self._idle:
-            return self._idle.pop()
+        reused = self._reuse()
+        if reused is not None:
+            return reused
         while self._open >= self.max_connections:
             await asyncio.sleep(0.001)
-            if self._idle:
-                return self._idle.pop()
+            reused = self._reuse()
+            if reused is not None:
+                return reused
         self._open += 1
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -101,6 +122,7 @@ class LoadGenerator:
             run.failed += 1
             return
         run.outcomes.append(Outcome(status, (time.perf_counter() - due) * 1000, body))
+        connection.idle_since = time.monotonic()
         self._idle.append(connection)
 
     async def open_loop(self, rate: float, seconds: float, request: Callable[[int], bytes]) -> Run:
